@@ -1,0 +1,39 @@
+# `make demo` and `make test` each set everything up on a fresh machine.
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-full lint format bench-attention bench-topk clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || "$$(sh tools/find_python.sh)" -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,plot]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m phoenix_eqx.cli demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+# More hypothesis examples than CI runs; for hand runs before a release.
+test-full: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+
+bench-attention: $(STAMP)
+	$(BIN)/python -m phoenix_eqx.kernels.bench attention
+
+bench-topk: $(STAMP)
+	$(BIN)/python -m phoenix_eqx.kernels.bench topk
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,6 @@
+"""Exact blocked top-k over a corpus."""
+
+from .api import corpus_top_k
+from .reference import TopK, corpus_top_k_reference, score_sort_key
+
+__all__ = ["TopK", "corpus_top_k", "corpus_top_k_reference", "score_sort_key"]
