@@ -1,0 +1,13 @@
+# Source this on the device machine (it reaches no registry): installs the carried wheels in .whl
+# (beartype; tokamax and its needs, for the peer benchmark) and this project, editable, no deps.
+#   source tools/device_setup.sh
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || return 1
+  # tokamax imports xprof.cli.tools at import time; its kernels need nothing from it.
+  mkdir -p /tmp/site/xprof/cli
+  touch /tmp/site/xprof/__init__.py /tmp/site/xprof/cli/__init__.py /tmp/site/xprof/cli/tools.py
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
+export PYTHONUNBUFFERED=1
