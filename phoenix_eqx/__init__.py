@@ -1,0 +1,60 @@
+"""phoenix_eqx: X's Phoenix recommender as typed Equinox modules, with Pallas kernels."""
+
+from . import compat, kernels
+from .config import (
+    ACTIONS,
+    HashConfig,
+    PhoenixModelConfig,
+    PhoenixRetrievalModelConfig,
+    TransformerConfig,
+    demo_ranker_config,
+    demo_retrieval_config,
+    demo_transformer_config,
+)
+from .embedding import HashEmbeddingTables, InputEmbedding
+from .example_data import create_example_batch, create_example_corpus
+from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
+from .ranker import PhoenixModel
+from .retrieval import CandidateTower, PhoenixRetrievalModel
+from .transformer import (
+    Attention,
+    DecoderLayer,
+    GatedGeluFFN,
+    Linear,
+    RMSNorm,
+    Transformer,
+    apply_rotary,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIONS",
+    "Attention",
+    "CandidateTower",
+    "DecoderLayer",
+    "GatedGeluFFN",
+    "HashConfig",
+    "HashEmbeddingTables",
+    "InputEmbedding",
+    "Linear",
+    "PhoenixModel",
+    "PhoenixModelConfig",
+    "PhoenixRetrievalModel",
+    "PhoenixRetrievalModelConfig",
+    "RMSNorm",
+    "RankingOutput",
+    "RecsysBatch",
+    "RecsysEmbeddings",
+    "RetrievalOutput",
+    "Transformer",
+    "TransformerConfig",
+    "apply_rotary",
+    "compat",
+    "create_example_batch",
+    "create_example_corpus",
+    "demo_ranker_config",
+    "demo_retrieval_config",
+    "demo_transformer_config",
+    "kernels",
+]

@@ -88,4 +88,3 @@ def candidate_attention(
 
         return candidate_attention_pallas(q, k, v, interpret=interpret, **options)
     return candidate_attention_reference(q, k, v, **options)
-

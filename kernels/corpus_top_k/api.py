@@ -28,12 +28,9 @@ def check_top_k_inputs(queries, corpus, k, corpus_mask) -> None:
     num_items = corpus.shape[0]
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_items:
         raise ValueError(f"k: expected an int in [1, {num_items}] (the corpus size), got {k!r}")
-    if corpus_mask is not None and (
-        corpus_mask.shape != (num_items,) or corpus_mask.dtype != bool
-    ):
+    if corpus_mask is not None and (corpus_mask.shape != (num_items,) or corpus_mask.dtype != bool):
         raise ValueError(
-            f"corpus_mask: expected bool [{num_items}], got {corpus_mask.dtype} "
-            f"{corpus_mask.shape}"
+            f"corpus_mask: expected bool [{num_items}], got {corpus_mask.dtype} {corpus_mask.shape}"
         )
 
 

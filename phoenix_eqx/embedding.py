@@ -1,0 +1,191 @@
+"""From feature ids to the transformer's input tokens.
+
+`HashEmbeddingTables` turns a `RecsysBatch` of ids into `RecsysEmbeddings` (new; the seed
+expected embeddings looked up elsewhere). `InputEmbedding` holds the seed's input projections
+and builds the `[user | history | candidates]` token sequence with its validity mask.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from .config import HashConfig
+from .inputs import RecsysBatch, RecsysEmbeddings, ids_in_range
+from .transformer import truncated_normal_init
+
+
+class HashEmbeddingTables(eqx.Module):
+    """One embedding table per entity kind (user, post, author), one row per hash value.
+
+    Row 0 is padding and always looks up a zero vector; every hash function of an entity kind
+    shares its kind's table.
+    """
+
+    user_table: Float[Array, "user_rows emb"]
+    post_table: Float[Array, "post_rows emb"]
+    author_table: Float[Array, "author_rows emb"]
+
+    def __init__(
+        self,
+        num_user_rows: int,
+        num_post_rows: int,
+        num_author_rows: int,
+        emb_size: int,
+        *,
+        key: PRNGKeyArray,
+    ):
+        for name, rows in (
+            ("num_user_rows", num_user_rows),
+            ("num_post_rows", num_post_rows),
+            ("num_author_rows", num_author_rows),
+        ):
+            if rows < 2:
+                raise ValueError(f"{name}: expected >= 2 (row 0 is padding), got {rows}")
+        user_key, post_key, author_key = jax.random.split(key, 3)
+        # Unit-variance rows, like the standard-normal embeddings the seed's demo feeds in.
+        self.user_table = jax.random.normal(user_key, (num_user_rows, emb_size))
+        self.post_table = jax.random.normal(post_key, (num_post_rows, emb_size))
+        self.author_table = jax.random.normal(author_key, (num_author_rows, emb_size))
+
+    @staticmethod
+    def _lookup(
+        table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
+    ) -> Float[Array, "*shape emb"]:
+        ids = ids_in_range(ids, table.shape[0], name)
+        rows = jnp.take(table, ids, axis=0)
+        return jnp.where((ids != 0)[..., None], rows, 0.0)
+
+    def __call__(self, batch: RecsysBatch) -> RecsysEmbeddings:
+        return RecsysEmbeddings(
+            user_embeddings=self._lookup(self.user_table, batch.user_hashes, "batch.user_hashes"),
+            history_post_embeddings=self._lookup(
+                self.post_table, batch.history_post_hashes, "batch.history_post_hashes"
+            ),
+            candidate_post_embeddings=self._lookup(
+                self.post_table, batch.candidate_post_hashes, "batch.candidate_post_hashes"
+            ),
+            history_author_embeddings=self._lookup(
+                self.author_table, batch.history_author_hashes, "batch.history_author_hashes"
+            ),
+            candidate_author_embeddings=self._lookup(
+                self.author_table, batch.candidate_author_hashes, "batch.candidate_author_hashes"
+            ),
+        )
+
+
+def _flatten_hashes(x: Float[Array, "*lead hashes emb"]) -> Float[Array, "*lead flat"]:
+    return x.reshape(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+
+def _project(
+    x: Float[Array, "*lead features"], weight: Float[Array, "features emb"]
+) -> Float[Array, "*lead emb"]:
+    """The seed's reductions: project in float32, return in the input's dtype."""
+    return jnp.dot(x.astype(jnp.float32), weight).astype(x.dtype)
+
+
+class InputEmbedding(eqx.Module):
+    """The seed's input layer: action and product-surface embeddings, user / history /
+    candidate reductions (`proj_mat_1/3/2`). `candidate_projection` is None in the retrieval
+    model, whose candidates go through the candidate tower instead.
+    """
+
+    action_projection: Float[Array, "actions emb"]
+    product_surface_table: Float[Array, "surfaces emb"]
+    user_projection: Float[Array, "user_features emb"]
+    history_projection: Float[Array, "history_features emb"]
+    candidate_projection: Float[Array, "candidate_features emb"] | None
+    fprop_dtype: jnp.dtype = eqx.field(static=True)
+
+    def __init__(
+        self,
+        emb_size: int,
+        num_actions: int,
+        product_surface_vocab_size: int,
+        hash_config: HashConfig,
+        fprop_dtype,
+        *,
+        with_candidates: bool,
+        key: PRNGKeyArray,
+    ):
+        keys = jax.random.split(key, 5)
+        hu, hi, ha = (
+            hash_config.num_user_hashes,
+            hash_config.num_item_hashes,
+            hash_config.num_author_hashes,
+        )
+        d = emb_size
+        self.action_projection = truncated_normal_init(keys[0], (num_actions, d), num_actions)
+        self.product_surface_table = jax.random.normal(keys[1], (product_surface_vocab_size, d))
+        self.user_projection = truncated_normal_init(keys[2], (hu * d, d), hu * d)
+        history_features = (hi + ha + 2) * d
+        self.history_projection = truncated_normal_init(
+            keys[3], (history_features, d), history_features
+        )
+        candidate_features = (hi + ha + 1) * d
+        self.candidate_projection = (
+            truncated_normal_init(keys[4], (candidate_features, d), candidate_features)
+            if with_candidates
+            else None
+        )
+        self.fprop_dtype = jnp.dtype(fprop_dtype)
+
+    def surface_embeddings(self, surfaces: Int[Array, "*shape"]) -> Float[Array, "*shape emb"]:
+        """One-hot lookup: an index outside the vocabulary gives a zero vector, as in the seed."""
+        one_hot = jax.nn.one_hot(surfaces, self.product_surface_table.shape[0])
+        return jnp.dot(one_hot, self.product_surface_table).astype(self.fprop_dtype)
+
+    def action_embeddings(
+        self, actions: Float[Array, "*shape actions"]
+    ) -> Float[Array, "*shape emb"]:
+        """`(2a - 1) @ action_projection`, zeroed where no action is set."""
+        signed = (2.0 * actions - 1.0).astype(jnp.float32)
+        embedded = jnp.dot(signed, self.action_projection)
+        any_action = jnp.any(actions != 0, axis=-1, keepdims=True)
+        return (embedded * any_action).astype(self.fprop_dtype)
+
+    def user_tokens(
+        self, batch: RecsysBatch, embeddings: RecsysEmbeddings
+    ) -> tuple[Float[Array, "batch 1 emb"], Bool[Array, "batch 1"]]:
+        flat = _flatten_hashes(embeddings.user_embeddings)[:, None, :]
+        return _project(flat, self.user_projection), batch.user_valid[:, None]
+
+    def history_tokens(
+        self, batch: RecsysBatch, embeddings: RecsysEmbeddings
+    ) -> tuple[Float[Array, "batch history emb"], Bool[Array, "batch history"]]:
+        features = jnp.concatenate(
+            [
+                _flatten_hashes(embeddings.history_post_embeddings),
+                _flatten_hashes(embeddings.history_author_embeddings),
+                self.action_embeddings(batch.history_actions),
+                self.surface_embeddings(batch.history_product_surface),
+            ],
+            axis=-1,
+        )
+        return _project(features, self.history_projection), batch.history_valid
+
+    def candidate_tokens(
+        self, batch: RecsysBatch, embeddings: RecsysEmbeddings
+    ) -> tuple[Float[Array, "batch candidates emb"], Bool[Array, "batch candidates"]]:
+        if self.candidate_projection is None:
+            raise ValueError("candidate_tokens: this embedding has no candidate projection")
+        features = jnp.concatenate(
+            [
+                _flatten_hashes(embeddings.candidate_post_embeddings),
+                _flatten_hashes(embeddings.candidate_author_embeddings),
+                self.surface_embeddings(batch.candidate_product_surface),
+            ],
+            axis=-1,
+        )
+        return _project(features, self.candidate_projection), batch.candidate_valid
+
+    def prefix_tokens(
+        self, batch: RecsysBatch, embeddings: RecsysEmbeddings
+    ) -> tuple[Float[Array, "batch prefix emb"], Bool[Array, "batch prefix"]]:
+        """`[user | history]` tokens in the forward dtype, and their validity."""
+        user, user_valid = self.user_tokens(batch, embeddings)
+        history, history_valid = self.history_tokens(batch, embeddings)
+        tokens = jnp.concatenate([user.astype(history.dtype), history], axis=1)
+        valid = jnp.concatenate([user_valid, history_valid], axis=1)
+        return tokens.astype(self.fprop_dtype), valid
