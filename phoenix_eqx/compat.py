@@ -1,7 +1,8 @@
 """Seed checkpoints: load the original Haiku parameter trees into phoenix_eqx models, and back.
 
 A Haiku tree is `{module_path: {param_name: array}}` with the paths of
-`seed_haiku_params.txt`, e.g. `params["transformer/decoder_layer_0/multi_head_attention/query"]["w"]`.
+`seed_haiku_params.txt`, e.g.
+`params["transformer/decoder_layer_0/multi_head_attention/query"]["w"]`.
 """
 
 from collections.abc import Callable, Mapping
@@ -86,7 +87,8 @@ def _load(template: eqx.Module, params: HaikuParams, model_parameters) -> eqx.Mo
     if missing or extra:
         raise ValueError(
             "params: expected the seed's parameter tree for this config; "
-            f"missing {[f'{m}/{n}' for m, n in missing]}, unexpected {[f'{m}/{n}' for m, n in extra]}"
+            f"missing {[f'{m}/{n}' for m, n in missing]}, "
+            f"unexpected {[f'{m}/{n}' for m, n in extra]}"
         )
     for (module, name), shape in expected.items():
         actual = tuple(np.shape(params[module][name]))

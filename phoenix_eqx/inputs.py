@@ -25,7 +25,7 @@ class RecsysBatch(eqx.Module):
     candidate_product_surface: Int[Array, "batch candidates"]
 
     @property
-    def user_valid(self) -> Bool[Array, "batch"]:
+    def user_valid(self) -> Bool[Array, " batch"]:
         return self.user_hashes[:, 0] != 0
 
     @property

@@ -36,7 +36,8 @@ def _check_inputs(q, k, v, num_prefix, key_valid, history, logit_cap, cap_method
         raise ValueError(f"num_prefix: expected 0 <= num_prefix <= {seq_len}, got {num_prefix}")
     if key_valid is not None and (key_valid.shape != (batch, seq_len) or key_valid.dtype != bool):
         raise ValueError(
-            f"key_valid: expected bool [{batch}, {seq_len}], got {key_valid.dtype} {key_valid.shape}"
+            f"key_valid: expected bool [{batch}, {seq_len}], "
+            f"got {key_valid.dtype} {key_valid.shape}"
         )
     if history not in ("causal", "bidirectional"):
         raise ValueError(f"history: expected 'causal' or 'bidirectional', got {history!r}")
