@@ -1,0 +1,73 @@
+"""Small models and inputs shared by the tests."""
+
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import phoenix_eqx as px
+
+GOLDEN_PATH = Path(__file__).parent / "data" / "seed_golden_demo.npz"
+
+
+def tiny_transformer(**overrides) -> px.TransformerConfig:
+    values = dict(
+        emb_size=16,
+        key_size=8,
+        num_q_heads=4,
+        num_kv_heads=2,
+        num_layers=2,
+        widening_factor=2.0,
+        attn_output_multiplier=0.25,
+    )
+    values.update(overrides)
+    return px.TransformerConfig(**values)
+
+
+def tiny_ranker_config(history: int = 6, candidates: int = 4, **overrides):
+    return px.PhoenixModelConfig(
+        model=tiny_transformer(**overrides),
+        emb_size=16,
+        history_seq_len=history,
+        candidate_seq_len=candidates,
+        fprop_dtype=jnp.float32,
+        product_surface_vocab_size=4,
+    )
+
+
+def tiny_retrieval_config(history: int = 6, **overrides):
+    return px.PhoenixRetrievalModelConfig(
+        model=tiny_transformer(**overrides),
+        emb_size=16,
+        history_seq_len=history,
+        fprop_dtype=jnp.float32,
+        product_surface_vocab_size=4,
+    )
+
+
+_create_example_batch = eqx.filter_jit(px.create_example_batch)
+
+
+def example_inputs(config, batch_size: int = 2, candidates: int = 4, seed: int = 0):
+    return _create_example_batch(
+        batch_size,
+        config.emb_size,
+        config.history_seq_len,
+        candidates,
+        product_surface_vocab_size=config.product_surface_vocab_size,
+        key=jax.random.key(seed),
+        table_size=50,
+    )
+
+
+def load_golden():
+    golden = np.load(GOLDEN_PATH)
+    batch = px.RecsysBatch(
+        **{f: jnp.asarray(golden[f"batch/{f}"]) for f in px.RecsysBatch.__dataclass_fields__}
+    )
+    embeddings = px.RecsysEmbeddings(
+        **{f: jnp.asarray(golden[f"emb/{f}"]) for f in px.RecsysEmbeddings.__dataclass_fields__}
+    )
+    return golden, batch, embeddings
