@@ -4,9 +4,11 @@
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || return 1
-  # tokamax imports xprof.cli.tools at import time; its kernels need nothing from it.
+  # tokamax imports get_kernel_stats_tool from xprof.cli.tools at import time; its kernels
+  # never call it, so a stub module is enough.
   mkdir -p /tmp/site/xprof/cli
-  touch /tmp/site/xprof/__init__.py /tmp/site/xprof/cli/__init__.py /tmp/site/xprof/cli/tools.py
+  touch /tmp/site/xprof/__init__.py /tmp/site/xprof/cli/__init__.py
+  echo "get_kernel_stats_tool = None" > /tmp/site/xprof/cli/tools.py
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || return 1
