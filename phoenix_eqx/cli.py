@@ -70,7 +70,7 @@ def run_demo(*, seed: int, batch_size: int, corpus_size: int, top_k: int, consol
             ]
             for name in SHOWN_ACTIONS:
                 p = float(ranking.probabilities[user, slot, ACTIONS.index(name)])
-                row.append(f"{_bar(p, 10)} {p:.2f}")
+                row.append(f"{_bar(p, 6)} {p:.2f}")
             table.add_row(*row)
         console.print(table)
 

@@ -174,12 +174,12 @@ def check_inputs(
         f"batch.history_product_surface: expected {(num_users, history_len)}, "
         f"got {batch.history_product_surface.shape}",
     )
-    for field in ("candidate_author_hashes",):
-        shape = getattr(batch, field).shape
-        _expect(
-            shape[:2] == (num_users, num_candidates),
-            f"batch.{field}: expected leading shape {(num_users, num_candidates)}, got {shape}",
-        )
+    shape = batch.candidate_author_hashes.shape
+    _expect(
+        shape[:2] == (num_users, num_candidates),
+        f"batch.candidate_author_hashes: expected leading shape {(num_users, num_candidates)}, "
+        f"got {shape}",
+    )
     _expect(
         batch.candidate_product_surface.shape == (num_users, num_candidates),
         f"batch.candidate_product_surface: expected {(num_users, num_candidates)}, "
