@@ -5,6 +5,12 @@ Hopper (`"pallas"`), and a dispatch (`"auto"`) that picks the kernel where it ru
 """
 
 from .candidate_attention import candidate_attention, candidate_isolation_mask
-from .corpus_top_k import TopK, corpus_top_k
+from .corpus_top_k import TopK, corpus_top_k, sharded_corpus_top_k
 
-__all__ = ["TopK", "candidate_attention", "candidate_isolation_mask", "corpus_top_k"]
+__all__ = [
+    "TopK",
+    "candidate_attention",
+    "candidate_isolation_mask",
+    "corpus_top_k",
+    "sharded_corpus_top_k",
+]

@@ -2,5 +2,12 @@
 
 from .api import corpus_top_k
 from .reference import TopK, corpus_top_k_reference, score_sort_key
+from .sharded import sharded_corpus_top_k
 
-__all__ = ["TopK", "corpus_top_k", "corpus_top_k_reference", "score_sort_key"]
+__all__ = [
+    "TopK",
+    "corpus_top_k",
+    "corpus_top_k_reference",
+    "score_sort_key",
+    "sharded_corpus_top_k",
+]
