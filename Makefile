@@ -37,3 +37,10 @@ bench-topk: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# Trains retrieval and ranking on MovieLens-100K on the CPU (downloads the data on first use).
+# Outputs go to bench_results/ (git-ignored).
+train: $(STAMP)
+	mkdir -p bench_results
+	$(BIN)/python -m phoenix_eqx.train --metrics-json bench_results/train_metrics.json \
+		--plot bench_results/loss_curves.png

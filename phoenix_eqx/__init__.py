@@ -1,6 +1,6 @@
 """phoenix_eqx: X's Phoenix recommender as typed Equinox modules, with Pallas kernels."""
 
-from . import compat, kernels
+from . import compat, data, distributed, inference, kernels, presets, serving, training
 from .config import (
     ACTIONS,
     HashConfig,
@@ -51,10 +51,16 @@ __all__ = [
     "TransformerConfig",
     "apply_rotary",
     "compat",
+    "data",
+    "distributed",
+    "inference",
     "create_example_batch",
     "create_example_corpus",
     "demo_ranker_config",
     "demo_retrieval_config",
     "demo_transformer_config",
     "kernels",
+    "presets",
+    "serving",
+    "training",
 ]

@@ -107,6 +107,14 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--batch-size", type=int, default=2)
     demo.add_argument("--corpus-size", type=int, default=5_000)
     demo.add_argument("--top-k", type=int, default=10)
+    # `train` forwards everything after it to `python -m phoenix_eqx.train`.
+    commands.add_parser("train", help="train and evaluate on MovieLens-100K", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "train":
+        from .train import main as train_main
+
+        train_main(rest)
+        return
     args = parser.parse_args(argv)
     if args.command == "demo":
         run_demo(

@@ -13,6 +13,7 @@ from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutpu
 from .kernels._dispatch import Implementation
 from .ranker import PhoenixModel
 from .retrieval import PhoenixRetrievalModel
+from .serving import rank_chunked
 
 UNIT_NORM_TOLERANCE = 1e-2
 
@@ -62,9 +63,22 @@ def set_corpus(
 
 
 @eqx.filter_jit
-def rank(model: PhoenixModel, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> RankingOutput:
-    """Score every candidate for every action and rank candidates by favorite probability."""
-    return model.rank(batch, embeddings)
+def rank(
+    model: PhoenixModel,
+    batch: RecsysBatch,
+    embeddings: RecsysEmbeddings,
+    *,
+    candidate_chunk: int | None = None,
+) -> RankingOutput:
+    """Score every candidate for every action and rank candidates by favorite probability.
+
+    With `candidate_chunk`, each user's prefix is encoded once and the candidates are scored
+    that many at a time against it, in memory that does not grow with their number
+    (`serving.rank_chunked`; same results to float rounding).
+    """
+    if candidate_chunk is None:
+        return model.rank(batch, embeddings)
+    return rank_chunked(model, batch, embeddings, candidate_chunk=candidate_chunk)
 
 
 @eqx.filter_jit

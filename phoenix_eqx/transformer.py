@@ -116,13 +116,17 @@ class Attention(eqx.Module):
         self.num_q_heads, self.num_kv_heads, self.key_size = heads, kv_heads, key_size
         self.config = config
 
-    def __call__(
-        self,
-        x: Float[Array, "batch seq emb"],
-        positions: Float[Array, "batch seq"],
-        key_valid: Bool[Array, "batch seq"],
-        num_prefix: int,
-    ) -> Float[Array, "batch seq emb"]:
+    def project(
+        self, x: Float[Array, "batch seq emb"], positions: Float[Array, "batch seq"]
+    ) -> tuple[
+        Float[Array, "batch seq q_heads head_dim"],
+        Float[Array, "batch seq kv_heads head_dim"],
+        Float[Array, "batch seq kv_heads head_dim"],
+    ]:
+        """Per-head q, k, v, with qk-norm and rotary positions applied to q and k.
+
+        Split from `__call__` so that serving can cache a prefix's k and v per layer.
+        """
         batch, seq_len, _ = x.shape
         q, k, v = self.query(x), self.key(x), self.value(x)
         if self.query_norm is not None and self.key_norm is not None:
@@ -130,7 +134,24 @@ class Attention(eqx.Module):
         q = q.reshape(batch, seq_len, self.num_q_heads, self.key_size)
         k = k.reshape(batch, seq_len, self.num_kv_heads, self.key_size)
         v = v.reshape(batch, seq_len, self.num_kv_heads, self.key_size)
-        q, k = apply_rotary(q, positions), apply_rotary(k, positions)
+        return apply_rotary(q, positions), apply_rotary(k, positions), v
+
+    def merge_heads(
+        self, attended: Float[Array, "batch seq q_heads head_dim"]
+    ) -> Float[Array, "batch seq emb"]:
+        """The output projection of the concatenated heads."""
+        batch, seq_len = attended.shape[:2]
+        return self.output(attended.reshape(batch, seq_len, self.num_q_heads * self.key_size))
+
+    def attend(
+        self,
+        q: Float[Array, "batch seq q_heads head_dim"],
+        k: Float[Array, "batch seq kv_heads head_dim"],
+        v: Float[Array, "batch seq kv_heads head_dim"],
+        key_valid: Bool[Array, "batch seq"],
+        num_prefix: int,
+    ) -> Float[Array, "batch seq emb"]:
+        """Masked attention of projected heads, then the output projection."""
         attended = candidate_attention(
             q,
             k,
@@ -143,7 +164,17 @@ class Attention(eqx.Module):
             cap_method=self.config.cap_method,
             implementation=self.config.attention_implementation,
         )
-        return self.output(attended.reshape(batch, seq_len, self.num_q_heads * self.key_size))
+        return self.merge_heads(attended)
+
+    def __call__(
+        self,
+        x: Float[Array, "batch seq emb"],
+        positions: Float[Array, "batch seq"],
+        key_valid: Bool[Array, "batch seq"],
+        num_prefix: int,
+    ) -> Float[Array, "batch seq emb"]:
+        q, k, v = self.project(x, positions)
+        return self.attend(q, k, v, key_valid, num_prefix)
 
 
 class GatedGeluFFN(eqx.Module):
@@ -191,7 +222,10 @@ class DecoderLayer(eqx.Module):
         num_prefix: int,
     ) -> Float[Array, "batch seq emb"]:
         attended = self.attention(self.pre_attention_norm(h), positions, key_valid, num_prefix)
-        h = h + self.post_attention_norm(attended)
+        return self.feed_forward(h + self.post_attention_norm(attended))
+
+    def feed_forward(self, h: Float[Array, "*batch emb"]) -> Float[Array, "*batch emb"]:
+        """The second residual block, `h + N3(FFN(N2(h)))`: per token."""
         return h + self.post_ffn_norm(self.ffn(self.pre_ffn_norm(h)))
 
 

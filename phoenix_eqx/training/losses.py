@@ -1,0 +1,123 @@
+"""Training losses: per-action sigmoid cross-entropy (ranking), sampled softmax (retrieval)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Bool, Float, Int, Scalar
+
+# Stands in for -inf on removed logits: finite, so a row with nothing left stays NaN-free.
+REMOVED_LOGIT = -1e9
+
+
+def ranking_loss(
+    logits: Float[Array, "batch candidates actions"],
+    labels: Float[Array, "batch candidates actions"],
+    candidate_valid: Bool[Array, "batch candidates"],
+    action_weights: Float[Array, " actions"] | None = None,
+) -> Scalar:
+    """Sigmoid binary cross-entropy per action, averaged over valid candidates.
+
+    Each valid candidate contributes `sum_a w_a * bce_a / sum_a w_a` (plain mean over actions
+    when `action_weights` is None); padding candidates never contribute. With no valid
+    candidate the loss is 0. Computed in float32 whatever the logits' dtype.
+    """
+    if logits.shape != labels.shape:
+        raise ValueError(f"labels: expected shape {logits.shape} like logits, got {labels.shape}")
+    if candidate_valid.shape != logits.shape[:2]:
+        raise ValueError(
+            f"candidate_valid: expected shape {logits.shape[:2]}, got {candidate_valid.shape}"
+        )
+    num_actions = logits.shape[-1]
+    if action_weights is None:
+        action_weights = jnp.ones((num_actions,), jnp.float32)
+    if action_weights.shape != (num_actions,):
+        raise ValueError(
+            f"action_weights: expected shape ({num_actions},), got {action_weights.shape}"
+        )
+    action_weights = eqx.error_if(
+        action_weights,
+        jnp.any(action_weights < 0) | (jnp.sum(action_weights) <= 0),
+        "action_weights: expected non-negative weights with a positive sum",
+    )
+    per_action = optax.sigmoid_binary_cross_entropy(
+        logits.astype(jnp.float32), labels.astype(jnp.float32)
+    )
+    weights = action_weights.astype(jnp.float32)
+    per_candidate = jnp.sum(per_action * weights, axis=-1) / jnp.sum(weights)
+    valid = candidate_valid.astype(jnp.float32)
+    return jnp.sum(per_candidate * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def retrieval_loss(
+    user_vectors: Float[Array, "batch emb"],
+    positive_vectors: Float[Array, "batch emb"],
+    positive_ids: Int[Array, " batch"],
+    temperature: Float[Array, ""] | float,
+    *,
+    positive_log_q: Float[Array, " batch"] | None = None,
+    negative_vectors: Float[Array, "negatives emb"] | None = None,
+    negative_ids: Int[Array, " negatives"] | None = None,
+    negative_log_q: Float[Array, " negatives"] | None = None,
+    user_valid: Bool[Array, " batch"] | None = None,
+) -> Scalar:
+    """Sampled softmax: each user's positive against in-batch and extra sampled negatives.
+
+    User `i` scores every column `j` (the batch's positives, then the extra negatives) as
+    `u_i.v_j / temperature - log_q_j`; the cross-entropy of its own positive (column `i`) is
+    averaged over valid users. `log_q` (the log of how likely the sampler is to draw an item;
+    0 when omitted) corrects the popularity bias of in-batch negatives (logQ correction).
+    Accidental hits, columns other than `i` with the same id as user `i`'s positive, are
+    removed, as are other users' invalid positives (id 0).
+    """
+    batch, emb = user_vectors.shape
+    if positive_vectors.shape != (batch, emb):
+        raise ValueError(
+            f"positive_vectors: expected shape {(batch, emb)}, got {positive_vectors.shape}"
+        )
+    if positive_ids.shape != (batch,):
+        raise ValueError(f"positive_ids: expected shape ({batch},), got {positive_ids.shape}")
+    if positive_log_q is None:
+        positive_log_q = jnp.zeros((batch,), jnp.float32)
+    if positive_log_q.shape != (batch,):
+        raise ValueError(f"positive_log_q: expected shape ({batch},), got {positive_log_q.shape}")
+    if user_valid is None:
+        user_valid = positive_ids != 0
+    if user_valid.shape != (batch,):
+        raise ValueError(f"user_valid: expected shape ({batch},), got {user_valid.shape}")
+    if negative_vectors is None:
+        negative_vectors = jnp.zeros((0, emb), user_vectors.dtype)
+    num_negatives = negative_vectors.shape[0]
+    if negative_vectors.shape != (num_negatives, emb):
+        raise ValueError(
+            f"negative_vectors: expected shape (negatives, {emb}), got {negative_vectors.shape}"
+        )
+    if negative_ids is None:
+        negative_ids = jnp.full((num_negatives,), -1, jnp.int32)
+    if negative_log_q is None:
+        negative_log_q = jnp.zeros((num_negatives,), jnp.float32)
+    for name, array in (("negative_ids", negative_ids), ("negative_log_q", negative_log_q)):
+        if array.shape != (num_negatives,):
+            raise ValueError(f"{name}: expected shape ({num_negatives},), got {array.shape}")
+    temperature = eqx.error_if(
+        jnp.asarray(temperature, jnp.float32),
+        jnp.asarray(temperature) <= 0,
+        "temperature: expected > 0",
+    )
+
+    columns = jnp.concatenate([positive_vectors, negative_vectors.astype(positive_vectors.dtype)])
+    column_ids = jnp.concatenate([positive_ids, negative_ids.astype(positive_ids.dtype)])
+    column_log_q = jnp.concatenate([positive_log_q, negative_log_q]).astype(jnp.float32)
+    scores = jnp.dot(user_vectors.astype(jnp.float32), columns.astype(jnp.float32).T)
+    logits = scores / temperature - column_log_q[None, :]
+
+    own = jnp.arange(batch)[:, None] == jnp.arange(batch + num_negatives)[None, :]
+    accidental = (column_ids[None, :] == positive_ids[:, None]) & ~own
+    in_batch_invalid = jnp.concatenate(
+        [~user_valid | (positive_ids == 0), jnp.zeros((num_negatives,), bool)]
+    )
+    removed = accidental | (in_batch_invalid[None, :] & ~own)
+    logits = jnp.where(removed, REMOVED_LOGIT, logits)
+    per_user = -jnp.sum(jax.nn.log_softmax(logits, axis=-1) * own, axis=-1)
+    weights = user_valid.astype(jnp.float32)
+    return jnp.sum(per_user * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -1,0 +1,227 @@
+"""Evaluation metrics (NumPy, float64): ranking quality per action, retrieval over a corpus.
+
+Ties are scored by their expectation under a random tie-break, so a constant scorer gets
+exactly the chance level and no metric depends on the order of users or items.
+"""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from jaxtyping import Bool, Float, Int
+
+from ..config import ACTIONS
+
+RETRIEVAL_KS: tuple[int, ...] = (10, 50, 100)
+_NAMES = ("recall", "hit_rate", "ndcg")
+PROBABILITY_CLIP = 1e-7
+
+
+def _pair(scores, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(f"{name}: expected as many labels as scores, got {labels.shape}")
+    if scores.size and not np.all((labels == 0) | (labels == 1)):
+        raise ValueError(f"{name}: expected binary labels (0 or 1)")
+    return scores, labels.astype(bool)
+
+
+def roc_auc(scores: Float[np.ndarray, " n"], labels: Float[np.ndarray, " n"]) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties count half); NaN without both classes."""
+    scores, labels = _pair(scores, labels, "labels")
+    num_pos, num_neg = int(labels.sum()), int((~labels).sum())
+    if num_pos == 0 or num_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    # Mid-ranks: a tied group shares the mean of the ranks it spans.
+    mid_ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]
+    rank_sum = mid_ranks[labels].sum()
+    return float((rank_sum - num_pos * (num_pos + 1) / 2.0) / (num_pos * num_neg))
+
+
+def pr_auc(scores: Float[np.ndarray, " n"], labels: Float[np.ndarray, " n"]) -> float:
+    """Average precision: precision summed over the recall steps, tied scores forming one
+    step; NaN without positives. A constant scorer gets the positive rate, a perfect one 1."""
+    scores, labels = _pair(scores, labels, "labels")
+    num_pos = int(labels.sum())
+    if num_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, sorted_labels = scores[order], labels[order]
+    # Thresholds sit at the last item of every group of equal scores.
+    group_end = np.r_[sorted_scores[1:] != sorted_scores[:-1], True]
+    true_pos = np.cumsum(sorted_labels)[group_end]
+    seen = (np.arange(scores.size) + 1)[group_end]
+    precision = true_pos / seen
+    recall_step = np.diff(np.r_[0, true_pos]) / num_pos
+    return float(np.sum(precision * recall_step))
+
+
+def log_loss(probabilities: Float[np.ndarray, " n"], labels: Float[np.ndarray, " n"]) -> float:
+    """Mean binary cross-entropy of probabilities (clipped to [1e-7, 1 - 1e-7])."""
+    p, labels = _pair(probabilities, labels, "labels")
+    if p.size == 0:
+        return float("nan")
+    p = np.clip(p, PROBABILITY_CLIP, 1 - PROBABILITY_CLIP)
+    return float(-np.mean(np.where(labels, np.log(p), np.log1p(-p))))
+
+
+def calibration(probabilities: Float[np.ndarray, " n"], labels: Float[np.ndarray, " n"]) -> float:
+    """Mean predicted probability over the observed positive rate (1 = calibrated on
+    average); NaN without positives."""
+    p, labels = _pair(probabilities, labels, "labels")
+    if not labels.any():
+        return float("nan")
+    return float(p.mean() / labels.mean())
+
+
+def ranking_metrics(
+    probabilities: Float[np.ndarray, "batch candidates actions"],
+    labels: Float[np.ndarray, "batch candidates actions"],
+    candidate_valid: Bool[np.ndarray, "batch candidates"],
+    action_names: Sequence[str] = ACTIONS,
+) -> dict[str, dict[str, float]]:
+    """Per action (over all valid candidates): `roc_auc`, `pr_auc`, `log_loss`, `calibration`
+    and `positive_rate`. Actions whose labels are all one class are left out."""
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+    valid = np.asarray(candidate_valid, bool)
+    if probabilities.shape != labels.shape or probabilities.ndim != 3:
+        raise ValueError(
+            f"labels: expected shape {probabilities.shape} like probabilities, got {labels.shape}"
+        )
+    if valid.shape != probabilities.shape[:2]:
+        raise ValueError(
+            f"candidate_valid: expected shape {probabilities.shape[:2]}, got {valid.shape}"
+        )
+    if len(action_names) < probabilities.shape[2]:
+        raise ValueError(
+            f"action_names: expected {probabilities.shape[2]} names, got {len(action_names)}"
+        )
+    results = {}
+    for index in range(probabilities.shape[2]):
+        p, y = probabilities[..., index][valid], labels[..., index][valid]
+        if y.size == 0 or y.min() == y.max():
+            continue
+        results[action_names[index]] = {
+            "roc_auc": roc_auc(p, y),
+            "pr_auc": pr_auc(p, y),
+            "log_loss": log_loss(p, y),
+            "calibration": calibration(p, y),
+            "positive_rate": float(np.mean(y)),
+        }
+    return results
+
+
+def _discount_sums(length: int) -> np.ndarray:
+    """`D[p] = sum_{q <= p} 1 / log2(q + 1)`, with `D[0] = 0`."""
+    return np.r_[0.0, np.cumsum(1.0 / np.log2(np.arange(2, length + 2)))]
+
+
+def _log_choose(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def per_user_retrieval_metrics(
+    scores: Float[np.ndarray, "users items"],
+    relevant: Bool[np.ndarray, "users items"],
+    exclude: Bool[np.ndarray, "users items"] | None = None,
+    ks: Sequence[int] = RETRIEVAL_KS,
+) -> dict[str, np.ndarray]:
+    """Recall@K, HitRate@K and NDCG@K of each user, ranking every non-excluded item.
+
+    `relevant` marks each user's held-out items, `exclude` items never to rank (e.g. the
+    user's history); an item both relevant and excluded counts as neither. Users with no
+    relevant item get NaN. Ties count in expectation over random tie-breaks.
+    """
+    scores = np.asarray(scores, np.float64)
+    relevant = np.asarray(relevant, bool)
+    if scores.ndim != 2:
+        raise ValueError(f"scores: expected [users, items], got shape {scores.shape}")
+    if relevant.shape != scores.shape:
+        raise ValueError(f"relevant: expected shape {scores.shape}, got {relevant.shape}")
+    if exclude is None:
+        exclude = np.zeros(scores.shape, bool)
+    exclude = np.asarray(exclude, bool)
+    if exclude.shape != scores.shape:
+        raise ValueError(f"exclude: expected shape {scores.shape}, got {exclude.shape}")
+    if np.isnan(scores).any():
+        raise ValueError("scores: expected no NaN")
+    for k in ks:
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"ks: expected positive ints, got {k!r}")
+    relevant = relevant & ~exclude
+    num_users, num_items = scores.shape
+    discounts = _discount_sums(num_items)
+    out = {f"{name}@{k}": np.full(num_users, np.nan) for k in ks for name in _NAMES}
+    for user in range(num_users):
+        keep = ~exclude[user]
+        user_scores, user_relevant = scores[user, keep], relevant[user, keep]
+        num_relevant = int(user_relevant.sum())
+        if num_relevant == 0:
+            continue
+        target_scores = user_scores[user_relevant]
+        ranked = np.sort(user_scores)
+        # For each relevant item: how many rank strictly above it, how many tie with it.
+        above = user_scores.size - np.searchsorted(ranked, target_scores, side="right")
+        ties = np.searchsorted(ranked, target_scores, side="right") - np.searchsorted(
+            ranked, target_scores, side="left"
+        )
+        for k in ks:
+            # Its position is uniform over above+1 .. above+ties.
+            last = np.clip(k, above, above + ties)
+            hit_probability = (last - above) / ties
+            expected_gain = (discounts[last] - discounts[above]) / ties
+            ideal = discounts[min(num_relevant, k)]
+            out[f"recall@{k}"][user] = hit_probability.sum() / num_relevant
+            out[f"ndcg@{k}"][user] = expected_gain.sum() / ideal
+            out[f"hit_rate@{k}"][user] = _hit_rate(user_scores, user_relevant, k)
+    return out
+
+
+def _hit_rate(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
+    """P(some relevant item in the top k) under random tie-breaks."""
+    if k >= scores.size:
+        return 1.0
+    threshold = np.sort(scores)[::-1][k - 1]
+    if relevant[scores > threshold].any():
+        return 1.0
+    tied = scores == threshold
+    slots = k - int((scores > threshold).sum())
+    num_tied, num_relevant_tied = int(tied.sum()), int(relevant[tied].sum())
+    if num_relevant_tied == 0:
+        return 0.0
+    if num_tied - num_relevant_tied < slots:
+        return 1.0
+    # 1 - P(all `slots` drawn from the tied group miss every relevant item).
+    miss = _log_choose(num_tied - num_relevant_tied, slots) - _log_choose(num_tied, slots)
+    return 1.0 - math.exp(miss)
+
+
+def retrieval_metrics(
+    scores: Float[np.ndarray, "users items"],
+    relevant: Bool[np.ndarray, "users items"],
+    exclude: Bool[np.ndarray, "users items"] | None = None,
+    ks: Sequence[int] = RETRIEVAL_KS,
+) -> dict[str, float]:
+    """Means over users (with a relevant item) of `per_user_retrieval_metrics`."""
+    per_user = per_user_retrieval_metrics(scores, relevant, exclude, ks)
+    return {name: _nan_mean(values) for name, values in per_user.items()}
+
+
+def _nan_mean(values: np.ndarray) -> float:
+    finite = values[~np.isnan(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def relevance_from_targets(
+    targets: Int[np.ndarray, " users"], num_items: int
+) -> Bool[np.ndarray, "users items"]:
+    """One held-out item per user as a `[users, num_items]` mask (target < 0: none)."""
+    targets = np.asarray(targets)
+    if targets.size and targets.max() >= num_items:
+        raise ValueError(f"targets: expected ids < num_items={num_items}, got {targets.max()}")
+    mask = np.zeros((targets.shape[0], num_items), bool)
+    has = targets >= 0
+    mask[np.flatnonzero(has), targets[has]] = True
+    return mask

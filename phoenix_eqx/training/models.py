@@ -1,0 +1,178 @@
+"""Trainable bundles (embedding tables + model) and the training examples they consume."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+
+from ..config import PhoenixModelConfig, PhoenixRetrievalModelConfig
+from ..embedding import HashEmbeddingTables
+from ..inputs import RecsysBatch, ids_in_range
+from ..ranker import PhoenixModel
+from ..retrieval import PhoenixRetrievalModel
+from .losses import ranking_loss, retrieval_loss
+
+INITIAL_TEMPERATURE = 0.1
+
+
+class RankingExample(eqx.Module):
+    """A ranking batch: users, histories and candidates, with each candidate's action labels."""
+
+    batch: RecsysBatch
+    labels: Float[Array, "batch candidates actions"]
+
+
+class RetrievalExample(eqx.Module):
+    """A retrieval batch: each user's history and one positive (its only candidate), plus
+    extra sampled negatives shared by the batch (possibly none).
+
+    `*_log_q` are the log sampling probabilities of the logQ correction.
+    """
+
+    batch: RecsysBatch
+    positive_log_q: Float[Array, " batch"]
+    negative_post_hashes: Int[Array, "negatives item_hashes"]
+    negative_author_hashes: Int[Array, "negatives author_hashes"]
+    negative_log_q: Float[Array, " negatives"]
+
+
+class TrainableRanker(eqx.Module):
+    """`PhoenixModel` with its hash embedding tables: ids in, action logits out."""
+
+    tables: HashEmbeddingTables
+    model: PhoenixModel
+
+    def __init__(
+        self,
+        config: PhoenixModelConfig,
+        num_user_rows: int,
+        num_post_rows: int,
+        num_author_rows: int,
+        *,
+        key: PRNGKeyArray,
+    ):
+        tables_key, model_key = jax.random.split(key)
+        self.tables = HashEmbeddingTables(
+            num_user_rows, num_post_rows, num_author_rows, config.emb_size, key=tables_key
+        )
+        self.model = PhoenixModel(config, key=model_key)
+
+    @property
+    def config(self) -> PhoenixModelConfig:
+        return self.model.config
+
+    def __call__(self, batch: RecsysBatch) -> Float[Array, "batch candidates actions"]:
+        return self.model(batch, self.tables(batch))
+
+
+class TrainableRetriever(eqx.Module):
+    """`PhoenixRetrievalModel` with its hash embedding tables and the learned softmax
+    temperature (stored as its log, so it stays positive)."""
+
+    tables: HashEmbeddingTables
+    model: PhoenixRetrievalModel
+    log_temperature: Float[Array, ""]
+
+    def __init__(
+        self,
+        config: PhoenixRetrievalModelConfig,
+        num_user_rows: int,
+        num_post_rows: int,
+        num_author_rows: int,
+        *,
+        key: PRNGKeyArray,
+        initial_temperature: float = INITIAL_TEMPERATURE,
+    ):
+        if not initial_temperature > 0:
+            raise ValueError(f"initial_temperature: expected > 0, got {initial_temperature}")
+        tables_key, model_key = jax.random.split(key)
+        self.tables = HashEmbeddingTables(
+            num_user_rows, num_post_rows, num_author_rows, config.emb_size, key=tables_key
+        )
+        self.model = PhoenixRetrievalModel(config, key=model_key)
+        self.log_temperature = jnp.asarray(math.log(initial_temperature), jnp.float32)
+
+    @property
+    def config(self) -> PhoenixRetrievalModelConfig:
+        return self.model.config
+
+    @property
+    def temperature(self) -> Scalar:
+        return jnp.exp(self.log_temperature)
+
+    def encode_users(self, batch: RecsysBatch) -> Float[Array, "batch emb"]:
+        """Unit user vectors (float32)."""
+        users, _ = self.model.encode_users(batch, self.tables(batch))
+        return users
+
+    def encode_items(
+        self,
+        post_hashes: Int[Array, "*items item_hashes"],
+        author_hashes: Int[Array, "*items author_hashes"],
+    ) -> Float[Array, "*items emb"]:
+        """Unit item vectors from the candidate tower, for any leading shape (float32)."""
+        if post_hashes.shape[:-1] != author_hashes.shape[:-1]:
+            raise ValueError(
+                f"author_hashes: expected leading shape {post_hashes.shape[:-1]} like "
+                f"post_hashes, got {author_hashes.shape}"
+            )
+        post = _lookup(self.tables.post_table, post_hashes, "post_hashes")
+        author = _lookup(self.tables.author_table, author_hashes, "author_hashes")
+        tower_input = jnp.concatenate([post, author], axis=-2)
+        return self.model.candidate_tower(tower_input).astype(jnp.float32)
+
+
+def _lookup(
+    table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
+) -> Float[Array, "*shape emb"]:
+    """Rows of a hash table; id 0 (padding) gives zeros, as in `HashEmbeddingTables`."""
+    ids = ids_in_range(ids, table.shape[0], name)
+    return jnp.where((ids != 0)[..., None], jnp.take(table, ids, axis=0), 0.0)
+
+
+def ranking_objective(
+    model: TrainableRanker,
+    example: RankingExample,
+    action_weights: Float[Array, " actions"] | None = None,
+) -> tuple[Scalar, dict[str, Scalar]]:
+    """`ranking_loss` of the model's logits; aux: the loss and the number of valid candidates."""
+    logits = model(example.batch)
+    valid = example.batch.candidate_valid
+    loss = ranking_loss(logits, example.labels, valid, action_weights)
+    return loss, {"loss": loss, "num_candidates": jnp.sum(valid)}
+
+
+def retrieval_objective(
+    model: TrainableRetriever, example: RetrievalExample
+) -> tuple[Scalar, dict[str, Scalar]]:
+    """`retrieval_loss` of a batch; aux: the loss and the current temperature."""
+    batch = example.batch
+    if batch.candidate_post_hashes.shape[1] != 1:
+        raise ValueError(
+            f"example.batch.candidate_post_hashes: expected one candidate (the positive) per "
+            f"user, got shape {batch.candidate_post_hashes.shape}"
+        )
+    users = model.encode_users(batch)
+    positives = model.encode_items(
+        batch.candidate_post_hashes[:, 0], batch.candidate_author_hashes[:, 0]
+    )
+    # A batch without extra negatives has zero-size arrays; skip the tower for them.
+    negatives = (
+        model.encode_items(example.negative_post_hashes, example.negative_author_hashes)
+        if example.negative_post_hashes.shape[0]
+        else None
+    )
+    loss = retrieval_loss(
+        users,
+        positives,
+        batch.candidate_post_hashes[:, 0, 0],
+        model.temperature,
+        positive_log_q=example.positive_log_q,
+        negative_vectors=negatives,
+        negative_ids=example.negative_post_hashes[:, 0] if negatives is not None else None,
+        negative_log_q=example.negative_log_q if negatives is not None else None,
+        user_valid=batch.user_valid & batch.candidate_valid[:, 0],
+    )
+    return loss, {"loss": loss, "temperature": model.temperature}

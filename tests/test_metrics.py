@@ -1,0 +1,202 @@
+"""Metric properties: perfect scores give 1, constant scores the chance level, user order and
+monotone rescaling change nothing, and known values on small cases."""
+
+import contextlib
+
+import jaxtyping
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from phoenix_eqx.training import (
+    calibration,
+    log_loss,
+    per_user_retrieval_metrics,
+    pr_auc,
+    ranking_metrics,
+    relevance_from_targets,
+    retrieval_metrics,
+    roc_auc,
+)
+
+KS = (1, 3, 10)
+
+
+def _labels(seed, n=40, rate=0.3):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < rate).astype(float)
+    labels[:2] = [0.0, 1.0]  # both classes present
+    return rng, labels
+
+
+@given(seed=st.integers(0, 2**16))
+def test_auc_perfect_constant_and_reversed(seed):
+    rng, labels = _labels(seed)
+    perfect = labels + rng.uniform(0, 0.5, labels.size)
+    assert roc_auc(perfect, labels) == pytest.approx(1.0)
+    assert pr_auc(perfect, labels) == pytest.approx(1.0)
+    assert roc_auc(-perfect, labels) == pytest.approx(0.0)
+    constant = np.full(labels.size, 0.3)
+    assert roc_auc(constant, labels) == pytest.approx(0.5)
+    assert pr_auc(constant, labels) == pytest.approx(labels.mean())
+
+
+@given(seed=st.integers(0, 2**16))
+def test_auc_is_invariant_to_order_and_monotone_maps(seed):
+    rng, labels = _labels(seed)
+    scores = np.round(rng.normal(size=labels.size), 1)  # with ties
+    order = rng.permutation(labels.size)
+    for metric in (roc_auc, pr_auc):
+        value = metric(scores, labels)
+        assert metric(scores[order], labels[order]) == pytest.approx(value)
+        assert metric(np.exp(scores), labels) == pytest.approx(value)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_roc_auc_counts_ordered_pairs(seed):
+    rng, labels = _labels(seed, n=25)
+    scores = rng.integers(0, 5, labels.size).astype(float)
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    wins = (positives[:, None] > negatives[None]).sum() + 0.5 * (
+        positives[:, None] == negatives[None]
+    ).sum()
+    assert roc_auc(scores, labels) == pytest.approx(wins / (positives.size * negatives.size))
+
+
+def test_pr_auc_known_value():
+    # Ranked: +, -, +, -  -> precision 1 at recall 1/2, 2/3 at recall 1.
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    labels = np.array([1.0, 0.0, 1.0, 0.0])
+    assert pr_auc(scores, labels) == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+
+
+def test_undefined_auc_is_nan():
+    assert np.isnan(roc_auc(np.ones(3), np.ones(3)))
+    assert np.isnan(pr_auc(np.ones(3), np.zeros(3)))
+
+
+def test_log_loss_and_calibration():
+    labels = np.array([1.0, 0.0, 1.0, 0.0])
+    probabilities = np.array([0.8, 0.2, 0.6, 0.4])
+    expected = -np.mean(np.log([0.8, 0.8, 0.6, 0.6]))
+    assert log_loss(probabilities, labels) == pytest.approx(expected)
+    assert calibration(probabilities, labels) == pytest.approx(1.0)
+    assert calibration(probabilities / 2, labels) == pytest.approx(0.5)
+    assert log_loss(labels, labels) < 1e-6  # perfect (clipped) predictions
+
+
+def test_ranking_metrics_per_action_skip_one_class_actions_and_padding():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((5, 4, 3)) < 0.4).astype(float)
+    labels[..., 2] = 0.0  # never observed: left out
+    valid = np.ones((5, 4), bool)
+    valid[:, 3] = False
+    probabilities = np.where(valid[..., None], labels * 0.5 + 0.25, 0.99)
+    labels[:, 3] = 1 - labels[:, 3]  # padding slots would be wrong: they must not count
+    results = ranking_metrics(probabilities, labels, valid, ("a", "b", "c"))
+    assert set(results) == {"a", "b"}
+    for values in results.values():
+        assert values["roc_auc"] == pytest.approx(1.0)
+        assert values["pr_auc"] == pytest.approx(1.0)
+
+
+def _retrieval_case(seed, users=6, items=30):
+    rng = np.random.default_rng(seed)
+    relevant = np.zeros((users, items), bool)
+    exclude = np.zeros((users, items), bool)
+    for user in range(users):
+        chosen = rng.choice(items, size=6, replace=False)
+        relevant[user, chosen[: rng.integers(1, 3)]] = True
+        exclude[user, chosen[3:]] = True
+    return rng, relevant, exclude
+
+
+@given(seed=st.integers(0, 2**16))
+def test_retrieval_perfect_scores_give_one(seed):
+    rng, relevant, exclude = _retrieval_case(seed)
+    scores = relevant + rng.uniform(0, 0.5, relevant.shape)
+    # Excluded items would outrank everything; they must not count.
+    scores[exclude] = 10.0
+    results = retrieval_metrics(scores, relevant, exclude, KS)
+    for k in KS:
+        assert results[f"hit_rate@{k}"] == pytest.approx(1.0)
+        assert results[f"ndcg@{k}"] == pytest.approx(1.0)
+    assert results["recall@3"] == pytest.approx(1.0)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_retrieval_constant_scores_give_the_chance_level(seed):
+    _, relevant, exclude = _retrieval_case(seed)
+    results = per_user_retrieval_metrics(np.zeros(relevant.shape), relevant, exclude, KS)
+    candidates = (~exclude).sum(axis=1)
+    num_relevant = (relevant & ~exclude).sum(axis=1)
+    for k in KS:
+        np.testing.assert_allclose(results[f"recall@{k}"], k / candidates)
+        miss = np.array(
+            [
+                np.prod([(n - r - i) / (n - i) for i in range(k)])
+                for n, r in zip(candidates, num_relevant, strict=True)
+            ]
+        )
+        np.testing.assert_allclose(results[f"hit_rate@{k}"], 1 - miss)
+        # Expected DCG: each relevant item is equally likely at every position.
+        discounts = 1 / np.log2(np.arange(2, candidates.max() + 2))
+        dcg = num_relevant * np.array([discounts[:k].sum() / n for n in candidates])
+        ideal = np.array([discounts[: min(r, k)].sum() for r in num_relevant])
+        np.testing.assert_allclose(results[f"ndcg@{k}"], dcg / ideal)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_retrieval_metrics_ignore_user_and_item_order(seed):
+    rng, relevant, exclude = _retrieval_case(seed)
+    scores = np.round(rng.normal(size=relevant.shape), 1)
+    base = retrieval_metrics(scores, relevant, exclude, KS)
+    users = rng.permutation(relevant.shape[0])
+    items = rng.permutation(relevant.shape[1])
+    shuffled = retrieval_metrics(
+        scores[users][:, items], relevant[users][:, items], exclude[users][:, items], KS
+    )
+    for name, value in base.items():
+        assert shuffled[name] == pytest.approx(value)
+
+
+def test_retrieval_known_ranks():
+    # One relevant item at rank 3 (two items above it, no ties).
+    scores = np.array([[0.9, 0.8, 0.7, 0.1, 0.0]])
+    relevant = relevance_from_targets(np.array([2]), 5)
+    results = retrieval_metrics(scores, relevant, ks=(1, 2, 3))
+    assert results["recall@2"] == 0.0 and results["recall@3"] == 1.0
+    assert results["ndcg@3"] == pytest.approx(1 / np.log2(4))
+    # Excluding an item above it moves it up one place.
+    exclude = np.array([[True, False, False, False, False]])
+    assert retrieval_metrics(scores, relevant, exclude, (2,))["recall@2"] == 1.0
+
+
+def test_retrieval_users_without_relevant_items_are_skipped():
+    scores = np.array([[0.9, 0.1], [0.2, 0.8]])
+    relevant = relevance_from_targets(np.array([0, -1]), 2)
+    per_user = per_user_retrieval_metrics(scores, relevant, ks=(1,))
+    assert per_user["recall@1"][0] == 1.0 and np.isnan(per_user["recall@1"][1])
+    assert retrieval_metrics(scores, relevant, ks=(1,))["recall@1"] == 1.0
+
+
+@contextlib.contextmanager
+def _library_checks_only():
+    """Turn the suite's runtime type checker off to reach the library's own ValueErrors."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)
+
+
+@_library_checks_only()
+def test_retrieval_metrics_reject_bad_input():
+    scores = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="relevant"):
+        retrieval_metrics(scores, np.zeros((2, 4), bool))
+    with pytest.raises(ValueError, match="ks"):
+        retrieval_metrics(scores, np.zeros((2, 3), bool), ks=(0,))
+    with pytest.raises(ValueError, match="scores"):
+        retrieval_metrics(np.full((2, 3), np.nan), np.zeros((2, 3), bool))

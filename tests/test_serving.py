@@ -1,0 +1,191 @@
+"""Prefix caching: chunked scoring equals one-shot scoring, in bounded memory."""
+
+import dataclasses
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from phoenix_eqx.kernels.candidate_attention import candidate_attention_reference
+
+import phoenix_eqx as px
+from phoenix_eqx import serving
+from phoenix_eqx.inference import rank
+
+from .helpers import example_inputs, tiny_ranker_config
+
+CANDIDATES = 7
+TOLERANCE = 1e-5
+
+
+@functools.cache
+def model_and_inputs(positions: str, history: str, dtype=jnp.float32):
+    config = tiny_ranker_config(candidate_positions=positions, history_attention=history)
+    config = dataclasses.replace(config, fprop_dtype=dtype)
+    model = px.PhoenixModel(config, key=jax.random.key(0))
+    batch, embeddings = example_inputs(config, batch_size=3, candidates=CANDIDATES)
+    # One invalid candidate, to check padding stays out of every chunk's attention.
+    batch = dataclasses.replace(
+        batch, candidate_post_hashes=batch.candidate_post_hashes.at[1, 2].set(0)
+    )
+    return model, batch, embeddings, rank(model, batch, embeddings)
+
+
+# The seed's options and X's production ones (history mode and positions change only how the
+# prefix is encoded and where candidates sit; both are covered by these two).
+VARIANTS = [("sequential", "causal"), ("shared", "bidirectional")]
+
+
+@given(variant=st.sampled_from(VARIANTS), chunk=st.integers(1, CANDIDATES + 2))
+def test_chunked_scores_equal_one_shot_scores(variant, chunk):
+    model, batch, embeddings, expected = model_and_inputs(*variant)
+    output = serving.rank_chunked(model, batch, embeddings, candidate_chunk=chunk)
+    np.testing.assert_allclose(output.logits, expected.logits, atol=TOLERANCE)
+    np.testing.assert_allclose(output.probabilities, expected.probabilities, atol=TOLERANCE)
+    valid = np.asarray(batch.candidate_valid)
+    assert np.array_equal(output.candidate_valid, valid)
+    assert np.array_equal(output.ranked_indices, expected.ranked_indices)
+
+
+def test_chunked_scores_equal_one_shot_in_bfloat16():
+    model, batch, embeddings, expected = model_and_inputs("sequential", "causal", jnp.bfloat16)
+    output = rank(model, batch, embeddings, candidate_chunk=3)  # the inference entry point
+    valid = np.asarray(batch.candidate_valid)
+    np.testing.assert_allclose(
+        np.asarray(output.probabilities)[valid],
+        np.asarray(expected.probabilities)[valid],
+        atol=2e-2,
+    )
+
+
+def _candidates(batch, embeddings, slots):
+    """The batch's candidates at `slots`, in that order."""
+    slots = jnp.asarray(slots)
+    batch = dataclasses.replace(
+        batch, **{f: getattr(batch, f)[:, slots] for f in serving.CANDIDATE_FIELDS}
+    )
+    embeddings = dataclasses.replace(
+        embeddings, **{f: getattr(embeddings, f)[:, slots] for f in serving.CANDIDATE_EMBEDDINGS}
+    )
+    return batch, embeddings
+
+
+@given(order=st.permutations(range(CANDIDATES)), split=st.integers(1, CANDIDATES - 1))
+def test_shared_positions_score_chunks_in_any_order(order, split):
+    model, batch, embeddings, expected = model_and_inputs("shared", "bidirectional")
+    cache = serving.encode_prefix(model, batch, embeddings)
+    score = eqx.filter_jit(serving.score_candidates)
+    for part, offset in ((order[:split], 5), (order[split:], 0)):
+        logits = score(model, cache, *_candidates(batch, embeddings, part), candidate_offset=offset)
+        np.testing.assert_allclose(logits, expected.logits[:, jnp.asarray(part)], atol=TOLERANCE)
+
+
+def test_sequential_positions_keep_each_chunks_original_positions():
+    model, batch, embeddings, expected = model_and_inputs("sequential", "causal")
+    cache = serving.encode_prefix(model, batch, embeddings)
+    slots = [3, 4, 5]
+    chunk = _candidates(batch, embeddings, slots)
+    right = serving.score_candidates(model, cache, *chunk, candidate_offset=3)
+    np.testing.assert_allclose(right, expected.logits[:, 3:6], atol=TOLERANCE)
+    wrong = serving.score_candidates(model, cache, *chunk, candidate_offset=0)
+    assert np.max(np.abs(np.asarray(wrong) - np.asarray(expected.logits[:, 3:6]))) > 1e-3
+
+
+@given(
+    num_candidates=st.integers(1, 6),
+    num_prefix=st.integers(1, 6),
+    heads=st.sampled_from([(2, 2), (4, 2), (3, 1)]),
+    cap=st.sampled_from([None, ("tanh", 5.0), ("soft_sign", 2.0)]),
+    seed=st.integers(0, 2**16),
+)
+def test_cached_attention_equals_candidate_rows_of_the_reference(
+    num_candidates, num_prefix, heads, cap, seed
+):
+    q_heads, kv_heads = heads
+    keys = jax.random.split(jax.random.key(seed), 5)
+    seq_len, head_dim = num_prefix + num_candidates, 4
+    q = 2 * jax.random.normal(keys[0], (2, seq_len, q_heads, head_dim))
+    k = 2 * jax.random.normal(keys[1], (2, seq_len, kv_heads, head_dim))
+    v = jax.random.normal(keys[2], (2, seq_len, kv_heads, head_dim))
+    # Padding anywhere, including rows whose every key is padding (they must give zeros).
+    key_valid = jax.random.bernoulli(keys[3], 0.6, (2, seq_len)).at[1, :num_prefix].set(False)
+    logit_cap, cap_method = (None, "tanh") if cap is None else (cap[1], cap[0])
+    options = dict(scale=0.5, logit_cap=logit_cap, cap_method=cap_method)
+
+    @jax.jit
+    def both(q, k, v, key_valid):
+        expected = candidate_attention_reference(
+            q, k, v, num_prefix=num_prefix, key_valid=key_valid, history="causal", **options
+        )
+        got = serving.cached_candidate_attention(
+            q[:, num_prefix:],
+            k[:, num_prefix:],
+            v[:, num_prefix:],
+            k[:, :num_prefix],
+            v[:, :num_prefix],
+            prefix_valid=key_valid[:, :num_prefix],
+            candidate_valid=key_valid[:, num_prefix:],
+            **options,
+        )
+        return got, expected
+
+    got, expected = both(q, k, v, key_valid)
+    np.testing.assert_allclose(got, expected[:, num_prefix:], atol=TOLERANCE)
+
+
+def _temp_bytes(model, num_candidates: int, chunk: int) -> int:
+    batch, embeddings = example_inputs(model.config, batch_size=1, candidates=num_candidates)
+
+    def logits(batch, embeddings):
+        cache = serving.encode_prefix(model, batch, embeddings)
+        return serving.candidate_logits_chunked(
+            model, cache, batch, embeddings, candidate_chunk=chunk
+        )
+
+    compiled = jax.jit(logits).lower(batch, embeddings).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def test_memory_does_not_grow_with_the_candidate_count():
+    model, *_ = model_and_inputs("shared", "bidirectional")
+    small, large = (_temp_bytes(model, count, chunk=64) for count in (128, 1024))
+    # Working memory is the chunk's: the same for 8x the candidates (the result buffer and
+    # the inputs are arguments and outputs, not temporaries).
+    assert large <= small * 1.05
+    # Scoring all 1024 candidates as one chunk needs far more.
+    assert _temp_bytes(model, 1024, chunk=1024) > 4 * large
+
+
+def test_ten_thousand_candidates_for_one_user():
+    model, *_ = model_and_inputs("shared", "bidirectional")
+    batch, _ = example_inputs(model.config, batch_size=1, candidates=10_000, seed=1)
+    embeddings = px.HashEmbeddingTables(50, 50, 50, model.config.emb_size, key=jax.random.key(3))(
+        batch
+    )
+    output = serving.rank_chunked(model, batch, embeddings, candidate_chunk=1024)
+    assert output.logits.shape == (1, 10_000, model.config.num_actions)
+    assert np.all(np.isfinite(output.logits))
+    assert sorted(np.asarray(output.ranked_indices[0]).tolist()) == list(range(10_000))
+    # A sample of them, ranked one-shot, gets the same scores (shared positions: slots do not
+    # matter).
+    sample = [0, 1, 4_321, 9_998, 9_999]
+    expected = rank(model, *_candidates(batch, embeddings, sample))
+    np.testing.assert_allclose(
+        output.logits[:, jnp.asarray(sample)], expected.logits, atol=TOLERANCE
+    )
+
+
+def test_arguments_are_checked():
+    model, batch, embeddings, _ = model_and_inputs("sequential", "causal")
+    with pytest.raises(ValueError, match="candidate_chunk: expected a positive int, got 0"):
+        serving.rank_chunked(model, batch, embeddings, candidate_chunk=0)
+    cache = serving.encode_prefix(model, batch, embeddings)
+    one_user = [jax.tree.map(lambda x: x[:1], tree) for tree in (batch, embeddings)]
+    with pytest.raises(
+        ValueError, match=r"cache: expected \(layers, batch, prefix\) = \(2, 1, 7\)"
+    ):
+        serving.score_candidates(model, cache, *one_user)
