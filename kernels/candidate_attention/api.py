@@ -7,6 +7,7 @@ from .._dispatch import Implementation, use_pallas
 from .reference import CapMethod, HistoryMode, candidate_attention_reference
 
 KERNEL_DTYPES = (jnp.bfloat16, jnp.float16)
+KERNEL_HEAD_DIMS = (64, 128)
 
 
 def _check_inputs(q, k, v, num_prefix, key_valid, history, logit_cap, cap_method) -> None:
@@ -72,8 +73,9 @@ def candidate_attention(
     head `h // (q_heads // kv_heads)`.
 
     `implementation`: `"xla"` runs the pure-JAX reference; `"pallas"` the fused Mosaic GPU
-    kernel (Hopper, bf16/f16); `"auto"` picks the kernel on a Hopper GPU for bf16/f16 inputs and
-    the reference elsewhere. `interpret=True` runs the kernel in Mosaic GPU's CPU interpreter.
+    kernel (Hopper, bf16/f16, head_dim 64 or 128); `"auto"` picks the kernel on a Hopper GPU for
+    such inputs and the reference elsewhere. `interpret=True` runs the kernel in Mosaic GPU's
+    CPU interpreter.
     """
     _check_inputs(q, k, v, num_prefix, key_valid, history, logit_cap, cap_method)
     options = dict(
@@ -84,7 +86,8 @@ def candidate_attention(
         logit_cap=None if logit_cap is None else float(logit_cap),
         cap_method=cap_method,
     )
-    if use_pallas(implementation, interpret, q.dtype in KERNEL_DTYPES, "candidate_attention"):
+    kernel_supports_inputs = q.dtype in KERNEL_DTYPES and q.shape[-1] in KERNEL_HEAD_DIMS
+    if use_pallas(implementation, interpret, kernel_supports_inputs, "candidate_attention"):
         from .mosaic_gpu import candidate_attention_pallas
 
         return candidate_attention_pallas(q, k, v, interpret=interpret, **options)

@@ -1,0 +1,173 @@
+"""Check the Mosaic GPU kernel variants against the reference at the benchmark shapes; time them.
+
+`python -m phoenix_eqx.kernels.candidate_attention.gpu_check [--configs ...] [--history ...]`
+
+Needs a Hopper GPU. Every variant runs on fresh random bf16 inputs with random history padding
+and is compared with the f32 reference (relative L2 error of the output, and of dq, dk, dv);
+timings are CUPTI kernel times (median over iterations of the summed kernels of one step, with
+the per-kernel split) beside the host wall time of one jitted step.
+"""
+
+import argparse
+import functools
+import math
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.mosaic.gpu import profiler
+
+from .mosaic_gpu import candidate_attention_pallas
+from .reference import candidate_attention_reference
+
+CONFIGS = {  # batch, prefix, candidates, q heads, kv heads, head dim (BENCHMARKS.md, 1)
+    "rank-serve": (16, 1024, 512, 8, 8, 128),
+    "rank-wide": (8, 512, 2048, 8, 2, 128),
+    "prod-serve": (4, 1024, 1408, 20, 4, 128),
+    "prod-train": (32, 1024, 256, 20, 4, 128),
+}
+# name: kernel options, and whether to run the backward (which does not use block_kv).
+VARIANTS = {
+    "regs-kv128": (dict(register_operands=True, block_kv=128), True),
+    "regs-kv64": (dict(register_operands=True, block_kv=64), False),
+    "staged-kv64": (dict(register_operands=False, block_kv=64), True),
+}
+LOGIT_CAP = 30.0
+
+
+def useful_flops(batch, prefix, candidates, q_heads, head_dim, causal):
+    prefix_pairs = prefix * (prefix + 1) // 2 if causal else prefix * prefix
+    return 4 * head_dim * q_heads * batch * (prefix_pairs + candidates * (prefix + 1))
+
+
+def make_inputs(config, seed):
+    batch, prefix, candidates, q_heads, kv_heads, head_dim = config
+    seq_len = prefix + candidates
+    keys = jax.random.split(jax.random.key(seed), 5)
+    q = jax.random.normal(keys[0], (batch, seq_len, q_heads, head_dim), jnp.bfloat16)
+    k = jax.random.normal(keys[1], (batch, seq_len, kv_heads, head_dim), jnp.bfloat16)
+    v = jax.random.normal(keys[2], (batch, seq_len, kv_heads, head_dim), jnp.bfloat16)
+    d_out = jax.random.normal(keys[3], q.shape, jnp.bfloat16)
+    # Each row keeps a random part of its history; row 0 keeps all of it.
+    kept = jax.random.randint(keys[4], (batch, 1), 0, prefix).at[0].set(prefix)
+    position = jnp.arange(seq_len)[None]
+    key_valid = (position <= kept) | (position >= prefix)
+    return q, k, v, d_out, key_valid
+
+
+def relative_error(actual, expected):
+    actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
+    return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
+
+
+def cupti_ms(step, args, iterations):
+    """Median summed kernel time of one step, and the median of each kernel."""
+    _, timings = profiler.measure(step, aggregate=False, iterations=iterations)(*args)
+    totals = [sum(ms for _, ms in launch) for launch in timings]
+    kernels = [
+        (name, statistics.median(t[i][1] for t in timings))
+        for i, (name, _) in enumerate(timings[0])
+    ]
+    return statistics.median(totals), kernels
+
+
+def wall_ms(step, args, iterations):
+    jax.block_until_ready(step(*args))
+    samples = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        jax.block_until_ready(step(*args))
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def loss(attend, q, k, v, d_out):
+    return jnp.sum(attend(q, k, v).astype(jnp.float32) * d_out.astype(jnp.float32))
+
+
+def kernel_attend(options, kernel_options):
+    def attend(q, k, v):
+        return candidate_attention_pallas(q, k, v, interpret=False, **options, **kernel_options)
+
+    return attend
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--history", choices=["causal", "bidirectional"], default="causal")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--no-bwd", action="store_true")
+    args = parser.parse_args(argv)
+    print(jax.devices()[0].device_kind, "jax", jax.__version__, "history", args.history)
+
+    table = []
+    for seed, name in enumerate(args.configs):
+        config = CONFIGS[name]
+        batch, prefix, candidates, q_heads, _, head_dim = config
+        q, k, v, d_out, key_valid = make_inputs(config, seed)
+        options = dict(
+            num_prefix=prefix,
+            key_valid=key_valid,
+            history=args.history,
+            scale=1 / math.sqrt(head_dim),
+            logit_cap=LOGIT_CAP,
+            cap_method="tanh",
+        )
+
+        reference = functools.partial(candidate_attention_reference, **options)
+        f32 = [x.astype(jnp.float32) for x in (q, k, v, d_out)]
+        with jax.default_matmul_precision("highest"):
+            ref_out = jax.jit(reference)(*f32[:3])
+            ref_grads = jax.jit(jax.grad(functools.partial(loss, reference), argnums=(0, 1, 2)))(
+                *f32
+            )
+        flops = useful_flops(batch, prefix, candidates, q_heads, head_dim, args.history == "causal")
+
+        for variant in args.variants:
+            kernel_options, backward = VARIANTS[variant]
+            attend = kernel_attend(options, kernel_options)
+            row = {"config": name, "variant": variant}
+            try:
+                fwd = jax.jit(attend)
+                out = fwd(q, k, v)
+                row["fwd err"] = relative_error(out, ref_out)
+                row["fwd unwritten"] = int(jnp.sum(~jnp.isfinite(out)))
+                row["fwd ms"], kernels = cupti_ms(fwd, (q, k, v), args.iters)
+                row["fwd wall"] = wall_ms(fwd, (q, k, v), args.iters)
+                row["fwd TF/s"] = flops / row["fwd ms"] / 1e9
+                print(name, variant, "fwd kernels", kernels, flush=True)
+                if backward and not args.no_bwd:
+                    step = jax.jit(jax.grad(functools.partial(loss, attend), argnums=(0, 1, 2)))
+                    grads = step(q, k, v, d_out)
+                    row["bwd err"] = max(map(relative_error, grads, ref_grads))
+                    row["fwd+bwd ms"], kernels = cupti_ms(step, (q, k, v, d_out), args.iters)
+                    row["fwd+bwd wall"] = wall_ms(step, (q, k, v, d_out), args.iters)
+                    row["fwd+bwd TF/s"] = 3.5 * flops / row["fwd+bwd ms"] / 1e9
+                    print(name, variant, "fwd+bwd kernels", kernels, flush=True)
+            except Exception as failure:  # report the variant and go on with the others
+                row["error"] = f"{type(failure).__name__}: {str(failure)[:300]}"
+            print(row, flush=True)
+            table.append(row)
+
+    columns = [
+        "fwd err",
+        "fwd ms",
+        "fwd wall",
+        "fwd TF/s",
+        "bwd err",
+        "fwd+bwd ms",
+        "fwd+bwd wall",
+        "fwd+bwd TF/s",
+    ]
+    print(f"\n{'config':<12}{'variant':<17}" + "".join(f"{c:>14}" for c in columns))
+    for row in table:
+        cells = "".join(f"{row[c]:>14.3g}" if c in row else f"{'-':>14}" for c in columns)
+        print(f"{row['config']:<12}{row['variant']:<17}{cells}  {row.get('error', '')}")
+
+
+if __name__ == "__main__":
+    main()
