@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from .config import HashConfig
 from .inputs import RecsysBatch, RecsysEmbeddings, ids_in_range
 from .transformer import truncated_normal_init
 
@@ -98,26 +97,20 @@ class InputEmbedding(eqx.Module):
     candidate_projection: Float[Array, "candidate_features emb"] | None
     fprop_dtype: jnp.dtype = eqx.field(static=True)
 
-    def __init__(
-        self,
-        emb_size: int,
-        num_actions: int,
-        product_surface_vocab_size: int,
-        hash_config: HashConfig,
-        fprop_dtype,
-        *,
-        with_candidates: bool,
-        key: PRNGKeyArray,
-    ):
+    def __init__(self, config, *, with_candidates: bool, key: PRNGKeyArray):
+        """`config`: a `PhoenixModelConfig` or `PhoenixRetrievalModelConfig`."""
         keys = jax.random.split(key, 5)
+        hash_config, num_actions = config.hash_config, config.num_actions
         hu, hi, ha = (
             hash_config.num_user_hashes,
             hash_config.num_item_hashes,
             hash_config.num_author_hashes,
         )
-        d = emb_size
+        d = config.emb_size
         self.action_projection = truncated_normal_init(keys[0], (num_actions, d), num_actions)
-        self.product_surface_table = jax.random.normal(keys[1], (product_surface_vocab_size, d))
+        self.product_surface_table = jax.random.normal(
+            keys[1], (config.product_surface_vocab_size, d)
+        )
         self.user_projection = truncated_normal_init(keys[2], (hu * d, d), hu * d)
         history_features = (hi + ha + 2) * d
         self.history_projection = truncated_normal_init(
@@ -129,7 +122,7 @@ class InputEmbedding(eqx.Module):
             if with_candidates
             else None
         )
-        self.fprop_dtype = jnp.dtype(fprop_dtype)
+        self.fprop_dtype = jnp.dtype(config.fprop_dtype)
 
     def surface_embeddings(self, surfaces: Int[Array, "*shape"]) -> Float[Array, "*shape emb"]:
         """One-hot lookup: an index outside the vocabulary gives a zero vector, as in the seed."""

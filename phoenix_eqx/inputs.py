@@ -85,19 +85,15 @@ def _expect(condition: bool, message: str) -> None:
 
 
 def check_inputs(
-    batch: RecsysBatch,
-    embeddings: RecsysEmbeddings,
-    *,
-    emb_size: int,
-    history_seq_len: int,
-    num_actions: int,
-    hash_config,
-    needs_candidates: bool,
+    batch: RecsysBatch, embeddings: RecsysEmbeddings, config, *, needs_candidates: bool
 ) -> None:
     """Check a batch and its embeddings against each other and a model config, before compute.
 
-    Raises a ValueError naming the field and the expected vs actual shape.
+    `config` is a `PhoenixModelConfig` or `PhoenixRetrievalModelConfig`. Raises a ValueError
+    naming the field and the expected vs actual shape.
     """
+    emb_size, history_seq_len = config.emb_size, config.history_seq_len
+    num_actions, hash_config = config.num_actions, config.hash_config
     num_users = batch.user_hashes.shape[0]
     _expect(num_users >= 1, f"batch.user_hashes: expected a non-empty batch, got {num_users} rows")
     hashes = (

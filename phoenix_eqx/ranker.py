@@ -25,15 +25,7 @@ class PhoenixModel(eqx.Module):
 
     def __init__(self, config: PhoenixModelConfig, *, key: PRNGKeyArray):
         embedding_key, transformer_key, unembedding_key = jax.random.split(key, 3)
-        self.embedding = InputEmbedding(
-            config.emb_size,
-            config.num_actions,
-            config.product_surface_vocab_size,
-            config.hash_config,
-            config.fprop_dtype,
-            with_candidates=True,
-            key=embedding_key,
-        )
+        self.embedding = InputEmbedding(config, with_candidates=True, key=embedding_key)
         self.transformer = Transformer(config.model, key=transformer_key)
         self.final_norm = RMSNorm(config.emb_size)
         self.unembedding = truncated_normal_init(
@@ -46,15 +38,7 @@ class PhoenixModel(eqx.Module):
     ) -> Float[Array, "batch candidates actions"]:
         """Action logits of every candidate, in the forward dtype."""
         config = self.config
-        check_inputs(
-            batch,
-            embeddings,
-            emb_size=config.emb_size,
-            history_seq_len=config.history_seq_len,
-            num_actions=config.num_actions,
-            hash_config=config.hash_config,
-            needs_candidates=True,
-        )
+        check_inputs(batch, embeddings, config, needs_candidates=True)
         prefix, prefix_valid = self.embedding.prefix_tokens(batch, embeddings)
         candidates, candidate_valid = self.embedding.candidate_tokens(batch, embeddings)
         tokens = jnp.concatenate([prefix, candidates.astype(prefix.dtype)], axis=1)

@@ -54,31 +54,11 @@ class PhoenixRetrievalModel(eqx.Module):
 
     def __init__(self, config: PhoenixRetrievalModelConfig, *, key: PRNGKeyArray):
         embedding_key, transformer_key, tower_key = jax.random.split(key, 3)
-        self.embedding = InputEmbedding(
-            config.emb_size,
-            config.num_actions,
-            config.product_surface_vocab_size,
-            config.hash_config,
-            config.fprop_dtype,
-            with_candidates=False,
-            key=embedding_key,
-        )
+        self.embedding = InputEmbedding(config, with_candidates=False, key=embedding_key)
         self.transformer = Transformer(config.model, key=transformer_key)
         hashes = config.hash_config.num_item_hashes + config.hash_config.num_author_hashes
         self.candidate_tower = CandidateTower(hashes, config.emb_size, key=tower_key)
         self.config = config
-
-    def _check(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> None:
-        config = self.config
-        check_inputs(
-            batch,
-            embeddings,
-            emb_size=config.emb_size,
-            history_seq_len=config.history_seq_len,
-            num_actions=config.num_actions,
-            hash_config=config.hash_config,
-            needs_candidates=False,
-        )
 
     def encode_users(
         self, batch: RecsysBatch, embeddings: RecsysEmbeddings
@@ -88,7 +68,7 @@ class PhoenixRetrievalModel(eqx.Module):
         The user tower attends over `[user | history]` (causal, as in the seed, unless the
         config says bidirectional) and averages the outputs over valid positions.
         """
-        self._check(batch, embeddings)
+        check_inputs(batch, embeddings, self.config, needs_candidates=False)
         tokens, valid = self.embedding.prefix_tokens(batch, embeddings)
         positions = token_positions(valid, 0, self.config.model.candidate_positions)
         hidden = self.transformer(tokens, positions, valid, tokens.shape[1])
@@ -101,7 +81,7 @@ class PhoenixRetrievalModel(eqx.Module):
         self, batch: RecsysBatch, embeddings: RecsysEmbeddings
     ) -> tuple[Float[Array, "batch candidates emb"], Bool[Array, "batch candidates"]]:
         """Unit candidate vectors from the candidate tower, and which candidates are valid."""
-        self._check(batch, embeddings)
+        check_inputs(batch, embeddings, self.config, needs_candidates=False)
         post_author = jnp.concatenate(
             [embeddings.candidate_post_embeddings, embeddings.candidate_author_embeddings],
             axis=2,

@@ -88,19 +88,6 @@ def cached_candidate_attention(
     return out.reshape(batch, num_candidates, num_q_heads, head_dim)
 
 
-def _check(model: PhoenixModel, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> None:
-    config = model.config
-    check_inputs(
-        batch,
-        embeddings,
-        emb_size=config.emb_size,
-        history_seq_len=config.history_seq_len,
-        num_actions=config.num_actions,
-        hash_config=config.hash_config,
-        needs_candidates=True,
-    )
-
-
 @eqx.filter_jit
 def encode_prefix(
     model: PhoenixModel, batch: RecsysBatch, embeddings: RecsysEmbeddings
@@ -110,7 +97,7 @@ def encode_prefix(
     The prefix's rows never attend candidates, so this is exactly the prefix part of the
     one-shot forward. Only the user and history fields of `batch`/`embeddings` are read.
     """
-    _check(model, batch, embeddings)
+    check_inputs(batch, embeddings, model.config, needs_candidates=True)
     config = model.config.model
     tokens, valid = model.embedding.prefix_tokens(batch, embeddings)
     num_prefix = tokens.shape[1]
@@ -152,7 +139,7 @@ def score_candidates(
     compiles per value; an int32 scalar array does not). With shared positions every candidate
     sits at `prefix` and the offset has no effect.
     """
-    _check(model, batch, embeddings)
+    check_inputs(batch, embeddings, model.config, needs_candidates=True)
     config = model.config
     num_layers = model.transformer.num_layers
     expected = (num_layers, batch.user_hashes.shape[0], batch.history_post_hashes.shape[1] + 1)
@@ -242,7 +229,7 @@ def candidate_logits_chunked(
     last candidate (re-scoring a few, which gives the same values): every chunk has one shape.
     """
     _check_chunk(candidate_chunk)
-    _check(model, batch, embeddings)
+    check_inputs(batch, embeddings, model.config, needs_candidates=True)
     batch_size, num_candidates = batch.candidate_valid.shape
     chunk = min(candidate_chunk, num_candidates)
     num_chunks = -(-num_candidates // chunk)

@@ -1,10 +1,12 @@
-"""Small models and inputs shared by the tests."""
+"""Small models, inputs and context managers shared by the tests."""
 
+import contextlib
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 
 import phoenix_eqx as px
@@ -71,3 +73,14 @@ def load_golden():
         **{f: jnp.asarray(golden[f"emb/{f}"]) for f in px.RecsysEmbeddings.__dataclass_fields__}
     )
     return golden, batch, embeddings
+
+
+@contextlib.contextmanager
+def library_checks_only():
+    """The suite's runtime type checker rejects most bad inputs first; turn it off to reach the
+    library's own ValueErrors, which users without the checker see."""
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", False)

@@ -14,7 +14,13 @@ import phoenix_eqx as px
 from phoenix_eqx import compat
 from phoenix_eqx.inference import set_corpus
 
-from .helpers import example_inputs, load_golden, tiny_ranker_config, tiny_retrieval_config
+from .helpers import (
+    example_inputs,
+    library_checks_only,
+    load_golden,
+    tiny_ranker_config,
+    tiny_retrieval_config,
+)
 
 RANKER = px.PhoenixModel(tiny_ranker_config(), key=jax.random.key(0))
 RETRIEVAL = px.PhoenixRetrievalModel(tiny_retrieval_config(), key=jax.random.key(0))
@@ -22,11 +28,8 @@ RETRIEVAL = px.PhoenixRetrievalModel(tiny_retrieval_config(), key=jax.random.key
 
 @pytest.fixture(autouse=True)
 def without_runtime_type_checks():
-    """The suite type-checks every call, which would reject most of these inputs first; turn
-    it off here to reach the library's own ValueErrors, which users without the checker see."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    yield
-    jaxtyping.config.update("jaxtyping_disable", False)
+    with library_checks_only():
+        yield
 
 
 def test_the_runtime_type_checker_also_rejects_bad_shapes():

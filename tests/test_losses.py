@@ -1,16 +1,15 @@
 """Ranking and retrieval losses: definitions, masking, weights, accidental hits, logQ."""
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from phoenix_eqx.training import ranking_loss, retrieval_loss
+
+from .helpers import library_checks_only
 
 
 def _bce(logit, label):
@@ -62,18 +61,7 @@ def test_ranking_loss_action_weights_select_actions():
     np.testing.assert_allclose(ranking_loss(logits, labels, valid, only_first), expected, rtol=1e-6)
 
 
-@contextlib.contextmanager
-def _library_checks_only():
-    """The suite's runtime type checker would reject these inputs first; turn it off to reach
-    the library's own ValueErrors, which users without the checker see."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@_library_checks_only()
+@library_checks_only()
 def test_ranking_loss_rejects_bad_shapes():
     logits = jnp.zeros((2, 3, 4))
     with pytest.raises(ValueError, match="labels: expected shape"):
@@ -159,7 +147,7 @@ def test_retrieval_loss_lower_temperature_sharpens_a_correct_model():
     assert float(cold) < float(warm)
 
 
-@_library_checks_only()
+@library_checks_only()
 def test_retrieval_loss_rejects_bad_inputs():
     users, positives, negatives = _vectors(6)
     ids = jnp.arange(1, 5)

@@ -1,9 +1,6 @@
 """Metric properties: perfect scores give 1, constant scores the chance level, user order and
 monotone rescaling change nothing, and known values on small cases."""
 
-import contextlib
-
-import jaxtyping
 import numpy as np
 import pytest
 from hypothesis import given
@@ -19,6 +16,8 @@ from phoenix_eqx.training import (
     retrieval_metrics,
     roc_auc,
 )
+
+from .helpers import library_checks_only
 
 KS = (1, 3, 10)
 
@@ -181,17 +180,7 @@ def test_retrieval_users_without_relevant_items_are_skipped():
     assert retrieval_metrics(scores, relevant, ks=(1,))["recall@1"] == 1.0
 
 
-@contextlib.contextmanager
-def _library_checks_only():
-    """Turn the suite's runtime type checker off to reach the library's own ValueErrors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@_library_checks_only()
+@library_checks_only()
 def test_retrieval_metrics_reject_bad_input():
     scores = np.zeros((2, 3))
     with pytest.raises(ValueError, match="relevant"):

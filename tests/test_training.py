@@ -1,6 +1,5 @@
 """Training end to end on synthetic data, jitted steps, checkpoints, gradients through attention."""
 
-import contextlib
 import functools
 import importlib
 import importlib.util
@@ -11,7 +10,6 @@ import os
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import optax
 import pytest
@@ -35,6 +33,8 @@ from phoenix_eqx.training import (
     retrieval_objective,
     save_checkpoint,
 )
+
+from .helpers import library_checks_only
 
 EMB = 16
 
@@ -238,17 +238,7 @@ def test_checkpoint_from_another_config_is_rejected(split, tmp_path):
         load_checkpoint(not_a_checkpoint, model, init_optimizer(optimizer, model))
 
 
-@contextlib.contextmanager
-def _library_checks_only():
-    """Turn the suite's runtime type checker off to reach the library's own ValueErrors."""
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", False)
-
-
-@_library_checks_only()
+@library_checks_only()
 def test_retrieval_objective_needs_exactly_one_candidate(split):
     model = _retriever(split.data)
     example = RetrievalStream(split, 8, 8, seed=0)(0)

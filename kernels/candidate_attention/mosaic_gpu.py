@@ -169,6 +169,27 @@ def _num_kv_steps(cta_q_start, cfg):
     return (kv_end + cfg.block_kv - 1) // cfg.block_kv
 
 
+def _stream_prefix_keys(body, compute, cta_q_start, cfg, k_ref, v_ref, key_bias_ref):
+    """Run `body` over the prefix key blocks a CTA must visit, with K, V and the key bias
+    streamed by the memory warpgroup (the forward and dq kernels share this loop)."""
+    dtype, head_dim = k_ref.dtype, k_ref.shape[-1]
+    pipeline = plgpu.emit_pipeline_warp_specialized(
+        body,
+        grid=(_num_kv_steps(cta_q_start, cfg),),
+        memory_registers=MEMORY_REGISTERS,
+        in_specs=[
+            _tile_spec(cfg.block_kv, head_dim, dtype),
+            _tile_spec(cfg.block_kv, head_dim, dtype),
+            _vector_spec(cfg.block_kv),
+        ],
+        max_concurrent_steps=MAX_CONCURRENT_STEPS,
+        wg_axis="wg",
+        num_compute_wgs=COMPUTE_WGS,
+        compute_context=compute,
+    )
+    pipeline(k_ref, v_ref, key_bias_ref)
+
+
 def _forward_kernel(
     q_ref, k_ref, v_ref, key_bias_ref, self_bias_ref, out_ref, lse_ref, scratch, *, cfg
 ):
@@ -178,6 +199,7 @@ def _forward_kernel(
     kv_head = head // cfg.group
     block_q, block_kv = cfg.block_q, cfg.block_kv
     cta_q_start = lax.axis_index("q_tiles") * (COMPUTE_WGS * block_q)
+    head_dim = q_ref.shape[-1]
 
     def compute(pipeline):
         wg = lax.axis_index("wg")
@@ -240,22 +262,15 @@ def _forward_kernel(
         acc = _accumulate(acc, p.astype(v_block.dtype), v_block, staging.at[wg], cfg)
         return acc, m_new, denom
 
-    dtype, head_dim = q_ref.dtype, q_ref.shape[-1]
-    pipeline = plgpu.emit_pipeline_warp_specialized(
+    _stream_prefix_keys(
         body,
-        grid=(_num_kv_steps(cta_q_start, cfg),),
-        memory_registers=MEMORY_REGISTERS,
-        in_specs=[
-            _tile_spec(block_kv, head_dim, dtype),
-            _tile_spec(block_kv, head_dim, dtype),
-            _vector_spec(block_kv),
-        ],
-        max_concurrent_steps=MAX_CONCURRENT_STEPS,
-        wg_axis="wg",
-        num_compute_wgs=COMPUTE_WGS,
-        compute_context=compute,
+        compute,
+        cta_q_start,
+        cfg,
+        k_ref.at[batch, :, kv_head],
+        v_ref.at[batch, :, kv_head],
+        key_bias_ref.at[batch],
     )
-    pipeline(k_ref.at[batch, :, kv_head], v_ref.at[batch, :, kv_head], key_bias_ref.at[batch])
 
 
 def _self_row_grads(q, do, k, v, self_bias, lse, delta, cfg):
@@ -287,7 +302,7 @@ def _dq_kernel(
     kv_head = head // cfg.group
     block_q, block_kv = cfg.block_q, cfg.block_kv
     cta_q_start = lax.axis_index("q_tiles") * (COMPUTE_WGS * block_q)
-    dtype, head_dim = q_ref.dtype, q_ref.shape[-1]
+    dtype = q_ref.dtype
 
     def compute(pipeline):
         wg = lax.axis_index("wg")
@@ -339,21 +354,15 @@ def _dq_kernel(
             ds = ds * slope
         return _accumulate(dq, ds.astype(dtype), k_block, staging.at[wg], cfg)
 
-    pipeline = plgpu.emit_pipeline_warp_specialized(
+    _stream_prefix_keys(
         body,
-        grid=(_num_kv_steps(cta_q_start, cfg),),
-        memory_registers=MEMORY_REGISTERS,
-        in_specs=[
-            _tile_spec(block_kv, head_dim, dtype),
-            _tile_spec(block_kv, head_dim, dtype),
-            _vector_spec(block_kv),
-        ],
-        max_concurrent_steps=MAX_CONCURRENT_STEPS,
-        wg_axis="wg",
-        num_compute_wgs=COMPUTE_WGS,
-        compute_context=compute,
+        compute,
+        cta_q_start,
+        cfg,
+        k_ref.at[batch, :, kv_head],
+        v_ref.at[batch, :, kv_head],
+        key_bias_ref.at[batch],
     )
-    pipeline(k_ref.at[batch, :, kv_head], v_ref.at[batch, :, kv_head], key_bias_ref.at[batch])
 
 
 def _dkv_kernel(
