@@ -211,7 +211,6 @@ def run(shapes: Shapes, *, iters: int, warmup: int, candidate_chunk: int, seed: 
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device_description(),
         "host": platform.node(),
-        "command": " ".join(["python -m phoenix_eqx.bench_e2e", *sys.argv[1:]]),
         "shapes": dataclasses.asdict(shapes),
         "dtype": "bfloat16 forward, float32 corpus",
         # "auto" runs the Pallas kernels only on a Hopper GPU; elsewhere it is the XLA path.
@@ -285,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if value < (0 if name == "--warmup" else 1):
             parser.error(f"{name}: expected a positive int, got {value}")
     result = run(shapes, iters=iters, warmup=args.warmup, candidate_chunk=chunk, seed=args.seed)
+    arguments = sys.argv[1:] if argv is None else argv
+    result["command"] = " ".join(["python -m phoenix_eqx.bench_e2e", *arguments])
     print(format_table(result))
     write_json(args.json, result)
     print(f"results: {args.json}")
