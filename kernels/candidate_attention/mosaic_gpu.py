@@ -614,7 +614,8 @@ def candidate_attention_pallas(
     """Candidate-isolation attention through the Mosaic GPU kernels (inputs checked by the API).
 
     `register_operands` picks the GPU-only form that feeds softmax tiles to wgmma from registers;
-    it defaults to on for the GPU and off in the interpreter, which cannot run it.
+    it defaults to on where a GPU runs the kernel and off in the interpreter, which cannot run
+    it (also when the caller forced interpretation with `plgpu.force_gpu_interpret_mode`).
     `block_q` (query rows per warpgroup) and `block_kv` (keys per step) size the forward kernel;
     both must be multiples of 64. `block_kv` defaults to the largest that fits SMEM: 128 in the
     register-operand form, 64 in the staged one.
@@ -625,7 +626,7 @@ def candidate_attention_pallas(
     if head_dim not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"q: expected head_dim in {SUPPORTED_HEAD_DIMS}, got {head_dim}")
     if register_operands is None:
-        register_operands = not interpret
+        register_operands = not interpret and jax.default_backend() == "gpu"
     if block_kv is None:
         block_kv = 128 if register_operands else 64
     for name, block in (("block_q", block_q), ("block_kv", block_kv)):
