@@ -14,6 +14,15 @@ from .inputs import RecsysBatch, RecsysEmbeddings, ids_in_range
 from .transformer import truncated_normal_init
 
 
+def lookup_rows(
+    table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
+) -> Float[Array, "*shape emb"]:
+    """Rows of a hash table after checking `ids` against its size (`name` is the argument named
+    in the error); id 0 is padding and gives zeros."""
+    ids = ids_in_range(ids, table.shape[0], name)
+    return jnp.where((ids != 0)[..., None], jnp.take(table, ids, axis=0), 0.0)
+
+
 class HashEmbeddingTables(eqx.Module):
     """One embedding table per entity kind (user, post, author), one row per hash value.
 
@@ -47,27 +56,19 @@ class HashEmbeddingTables(eqx.Module):
         self.post_table = jax.random.normal(post_key, (num_post_rows, emb_size))
         self.author_table = jax.random.normal(author_key, (num_author_rows, emb_size))
 
-    @staticmethod
-    def _lookup(
-        table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
-    ) -> Float[Array, "*shape emb"]:
-        ids = ids_in_range(ids, table.shape[0], name)
-        rows = jnp.take(table, ids, axis=0)
-        return jnp.where((ids != 0)[..., None], rows, 0.0)
-
     def __call__(self, batch: RecsysBatch) -> RecsysEmbeddings:
         return RecsysEmbeddings(
-            user_embeddings=self._lookup(self.user_table, batch.user_hashes, "batch.user_hashes"),
-            history_post_embeddings=self._lookup(
+            user_embeddings=lookup_rows(self.user_table, batch.user_hashes, "batch.user_hashes"),
+            history_post_embeddings=lookup_rows(
                 self.post_table, batch.history_post_hashes, "batch.history_post_hashes"
             ),
-            candidate_post_embeddings=self._lookup(
+            candidate_post_embeddings=lookup_rows(
                 self.post_table, batch.candidate_post_hashes, "batch.candidate_post_hashes"
             ),
-            history_author_embeddings=self._lookup(
+            history_author_embeddings=lookup_rows(
                 self.author_table, batch.history_author_hashes, "batch.history_author_hashes"
             ),
-            candidate_author_embeddings=self._lookup(
+            candidate_author_embeddings=lookup_rows(
                 self.author_table, batch.candidate_author_hashes, "batch.candidate_author_hashes"
             ),
         )

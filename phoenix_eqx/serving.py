@@ -108,7 +108,7 @@ def encode_prefix(
         layer = eqx.combine(layer_params, static)
         q, k, v = layer.attention.project(layer.pre_attention_norm(h), positions)
         attended = layer.attention.attend(q, k, v, valid, num_prefix)
-        h = layer.feed_forward(h + layer.post_attention_norm(attended))
+        h = layer.after_attention(h, attended)
         return h, (k, v)
 
     # The last layer's prefix outputs feed nothing: only its keys and values are computed.
@@ -177,8 +177,7 @@ def score_candidates(
             logit_cap=attention_config.logit_cap,
             cap_method=attention_config.cap_method,
         )
-        h = h + layer.post_attention_norm(layer.attention.merge_heads(attended))
-        return layer.feed_forward(h), None
+        return layer.after_attention(h, layer.attention.merge_heads(attended)), None
 
     hidden, _ = jax.lax.scan(step, candidates, (params, cache.keys, cache.values))
     logits = jnp.dot(model.final_norm(hidden).astype(jnp.float32), model.unembedding)

@@ -222,10 +222,14 @@ class DecoderLayer(eqx.Module):
         num_prefix: int,
     ) -> Float[Array, "batch seq emb"]:
         attended = self.attention(self.pre_attention_norm(h), positions, key_valid, num_prefix)
-        return self.feed_forward(h + self.post_attention_norm(attended))
+        return self.after_attention(h, attended)
 
-    def feed_forward(self, h: Float[Array, "*batch emb"]) -> Float[Array, "*batch emb"]:
-        """The second residual block, `h + N3(FFN(N2(h)))`: per token."""
+    def after_attention(
+        self, h: Float[Array, "*batch emb"], attended: Float[Array, "*batch emb"]
+    ) -> Float[Array, "*batch emb"]:
+        """The rest of the layer once attention has run: `h += N1(attended)`, then
+        `h += N3(FFN(N2(h)))`, per token. Serving reuses it with a cached prefix."""
+        h = h + self.post_attention_norm(attended)
         return h + self.post_ffn_norm(self.ffn(self.pre_ffn_norm(h)))
 
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 from ..config import PhoenixModelConfig, PhoenixRetrievalModelConfig
-from ..embedding import HashEmbeddingTables
-from ..inputs import RecsysBatch, ids_in_range
+from ..embedding import HashEmbeddingTables, lookup_rows
+from ..inputs import RecsysBatch
 from ..ranker import PhoenixModel
 from ..retrieval import PhoenixRetrievalModel
 from .losses import ranking_loss, retrieval_loss
@@ -118,18 +118,10 @@ class TrainableRetriever(eqx.Module):
                 f"author_hashes: expected leading shape {post_hashes.shape[:-1]} like "
                 f"post_hashes, got {author_hashes.shape}"
             )
-        post = _lookup(self.tables.post_table, post_hashes, "post_hashes")
-        author = _lookup(self.tables.author_table, author_hashes, "author_hashes")
+        post = lookup_rows(self.tables.post_table, post_hashes, "post_hashes")
+        author = lookup_rows(self.tables.author_table, author_hashes, "author_hashes")
         tower_input = jnp.concatenate([post, author], axis=-2)
         return self.model.candidate_tower(tower_input).astype(jnp.float32)
-
-
-def _lookup(
-    table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
-) -> Float[Array, "*shape emb"]:
-    """Rows of a hash table; id 0 (padding) gives zeros, as in `HashEmbeddingTables`."""
-    ids = ids_in_range(ids, table.shape[0], name)
-    return jnp.where((ids != 0)[..., None], jnp.take(table, ids, axis=0), 0.0)
 
 
 def ranking_objective(
