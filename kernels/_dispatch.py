@@ -16,12 +16,13 @@ def is_hopper_gpu() -> bool:
 
 
 def use_pallas(
-    implementation: Implementation, interpret: bool, kernel_supports_inputs: bool, op: str
+    implementation: Implementation, interpret: bool, unsupported: str | None, op: str
 ) -> bool:
     """Whether an op runs its Pallas kernel.
 
-    `"pallas"` (or `interpret=True`) always does, and fails loudly if the kernel cannot take the
-    inputs; `"auto"` does on a Hopper GPU when the kernel supports the inputs; `"xla"` never does.
+    `unsupported` is None when the kernel can take the inputs, else why not (naming the argument
+    and what the kernel expects). `"pallas"` (or `interpret=True`) always runs the kernel and
+    raises that reason if it cannot; `"auto"` runs it on a Hopper GPU when it can; `"xla"` never.
     """
     if implementation not in ("auto", "xla", "pallas"):
         raise ValueError(
@@ -32,7 +33,7 @@ def use_pallas(
             raise ValueError(f"{op}: interpret=True needs implementation 'pallas' or 'auto'")
         return False
     if implementation == "pallas" or interpret:
-        if not kernel_supports_inputs:
-            raise ValueError(f"{op}: the Pallas kernel does not support these inputs")
+        if unsupported is not None:
+            raise ValueError(f"{op} (Pallas kernel): {unsupported}")
         return True
-    return kernel_supports_inputs and is_hopper_gpu()
+    return unsupported is None and is_hopper_gpu()

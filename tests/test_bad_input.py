@@ -127,6 +127,8 @@ def test_attention_arguments():
         candidate_attention(q, kv, kv, num_prefix=2, history="full")
     with pytest.raises(ValueError, match="q, k, v: expected one floating dtype"):
         candidate_attention(q, kv.astype(jnp.bfloat16), kv, num_prefix=2)
+    with pytest.raises(ValueError, match=r"q: expected bfloat16 or float16 with head_dim in"):
+        candidate_attention(q, kv, kv, num_prefix=2, implementation="pallas")
 
 
 def test_config_values():

@@ -86,8 +86,13 @@ def candidate_attention(
         logit_cap=None if logit_cap is None else float(logit_cap),
         cap_method=cap_method,
     )
-    kernel_supports_inputs = q.dtype in KERNEL_DTYPES and q.shape[-1] in KERNEL_HEAD_DIMS
-    if use_pallas(implementation, interpret, kernel_supports_inputs, "candidate_attention"):
+    unsupported = None
+    if q.dtype not in KERNEL_DTYPES or q.shape[-1] not in KERNEL_HEAD_DIMS:
+        unsupported = (
+            f"q: expected bfloat16 or float16 with head_dim in {KERNEL_HEAD_DIMS}, "
+            f"got {q.dtype} with head_dim {q.shape[-1]}"
+        )
+    if use_pallas(implementation, interpret, unsupported, "candidate_attention"):
         from .mosaic_gpu import candidate_attention_pallas
 
         return candidate_attention_pallas(q, k, v, interpret=interpret, **options)

@@ -60,7 +60,7 @@ def corpus_top_k(
     if check_nan:
         queries = eqx.error_if(queries, jnp.isnan(queries).any(), "queries: contains NaN")
         corpus = eqx.error_if(corpus, jnp.isnan(corpus).any(), "corpus: contains NaN")
-    if use_pallas(implementation, interpret, True, "corpus_top_k"):
+    if use_pallas(implementation, interpret, None, "corpus_top_k"):
         from .mosaic_gpu import corpus_top_k_pallas
 
         return corpus_top_k_pallas(queries, corpus, k, corpus_mask=corpus_mask, interpret=interpret)
