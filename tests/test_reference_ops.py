@@ -1,5 +1,7 @@
 """The kernel ops' pure-JAX references against independent formulations."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,17 +65,18 @@ def test_reference_attention_equals_dense_softmax(problem):
     v = jax.random.normal(keys[2], (batch, seq, kv_heads, dim))
     valid = np.asarray(jax.random.bernoulli(keys[3], 0.75, (batch, seq)))
     scale = dim**-0.5
-    out = candidate_attention(
-        q,
-        k,
-        v,
-        num_prefix=num_prefix,
-        key_valid=jnp.asarray(valid),
-        history=history,
-        scale=scale,
-        logit_cap=cap,
-        implementation="xla",
+    # Jitted: one compilation per drawn shape instead of one per eager op.
+    attend = jax.jit(
+        functools.partial(
+            candidate_attention,
+            num_prefix=num_prefix,
+            history=history,
+            scale=scale,
+            logit_cap=cap,
+            implementation="xla",
+        )
     )
+    out = attend(q, k, v, key_valid=jnp.asarray(valid))
     expected = dense_softmax_attention(
         q, k, v, allowed_pairs(seq, num_prefix, valid, history), scale, cap
     )
@@ -89,10 +92,9 @@ def test_grouped_query_equals_repeated_kv(problem):
     k = jax.random.normal(keys[1], (batch, seq, kv_heads, dim))
     v = jax.random.normal(keys[2], (batch, seq, kv_heads, dim))
     options = dict(num_prefix=num_prefix, history=history, logit_cap=cap, implementation="xla")
-    grouped = candidate_attention(q, k, v, **options)
-    repeated = candidate_attention(
-        q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2), **options
-    )
+    attend = jax.jit(functools.partial(candidate_attention, **options))
+    grouped = attend(q, k, v)
+    repeated = attend(q, jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2))
     np.testing.assert_allclose(grouped, repeated, rtol=1e-6, atol=1e-6)
 
 

@@ -97,11 +97,27 @@ def test_float32_corpus_by_chunks_matches_full_sort(problem, chunk):
     assert_matches(result, queries, corpus, k, None if mask is None else np.asarray(mask))
 
 
-def test_float32_corpus_through_pallas_entry_point():
+def test_float32_corpus_is_refused_by_pallas_and_taken_by_auto():
     rng = np.random.default_rng(5)
-    corpus = rng.integers(-2, 3, (100, 64)).astype(np.float32)
-    queries = rng.integers(-2, 3, (3, 64)).astype(np.float32)
-    assert_matches(run_pallas(queries, corpus, 9), queries, corpus, 9, None)
+    corpus = jnp.asarray(rng.integers(-2, 3, (100, 64)), jnp.float32)
+    queries = jnp.asarray(rng.integers(-2, 3, (3, 64)), jnp.float32)
+    with pytest.raises(NotImplementedError, match="corpus: expected bfloat16"):
+        corpus_top_k(queries, corpus, 9, implementation="pallas", interpret=True)
+    result = corpus_top_k(queries, corpus, 9, implementation="auto")
+    assert_matches(result, np.asarray(queries), np.asarray(corpus), 9, None)
+
+
+def test_k_accepts_numpy_and_jax_integer_scalars():
+    corpus = jnp.asarray(np.random.default_rng(6).standard_normal((50, 64)), jnp.float32)
+    queries = corpus[:2]
+    want = corpus_top_k(queries, corpus, 4)
+    for k in (np.int64(4), jnp.int32(4)):
+        got = corpus_top_k(queries, corpus, k)
+        np.testing.assert_array_equal(np.asarray(got.indices), np.asarray(want.indices))
+    # Runtime type checking (on in the suite) may refuse a non-integer first, with a TypeError.
+    for bad in (4.0, True, "4"):
+        with pytest.raises((ValueError, TypeError), match="k"):
+            corpus_top_k(queries, corpus, bad)
 
 
 @pytest.mark.parametrize("num_keys,k", [(40, 7), (6000, 5), (5000, 300), (999, 999)])

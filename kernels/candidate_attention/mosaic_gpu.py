@@ -24,6 +24,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from .reference import zero_invalid_keys
+
 LOG2E = math.log2(math.e)
 COMPUTE_WGS = 2
 MAX_CONCURRENT_STEPS = 2
@@ -32,6 +34,11 @@ MEMORY_REGISTERS = 40
 BACKWARD_BLOCK = 64
 SUPPORTED_DTYPES = (jnp.bfloat16, jnp.float16)
 SUPPORTED_HEAD_DIMS = (64, 128)
+# The row tiles each kernel copies in before its key loop, all onto one barrier: its arrival
+# count is the number of copies, so it is derived from these lists.
+FORWARD_ROW_LOADS = ("q", "k_self", "self_bias")
+DQ_ROW_LOADS = ("q", "do", "k_self", "v_self", "lse", "delta", "self_bias")
+DKV_ROW_LOADS = ("k", "v", "q_self", "do_self", "key_bias", "self_bias", "lse", "delta")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +197,16 @@ def _stream_prefix_keys(body, compute, cta_q_start, cfg, k_ref, v_ref, key_bias_
     pipeline(k_ref, v_ref, key_bias_ref)
 
 
+def _copy_rows(names, copies, barrier):
+    """Copy `copies[name] = (gmem source, smem destination)` for each of `names` onto one
+    barrier, then wait for all of them (its arrival count is `len(names)`)."""
+    if set(copies) != set(names):
+        raise ValueError(f"copies: expected exactly {names}, got {tuple(copies)}")
+    for name in names:
+        plgpu.copy_gmem_to_smem(*copies[name], barrier)
+    plgpu.barrier_wait(barrier)
+
+
 def _forward_kernel(
     q_ref, k_ref, v_ref, key_bias_ref, self_bias_ref, out_ref, lse_ref, scratch, *, cfg
 ):
@@ -207,10 +224,15 @@ def _forward_kernel(
         rows = pl.ds(q_start, block_q)
         q_tile, self_tile = q_smem.at[wg], self_smem.at[wg]
         loaded, v_loaded = load_barriers.at[wg], v_barriers.at[wg]
-        plgpu.copy_gmem_to_smem(q_ref.at[batch, rows, head], q_tile, loaded)
-        plgpu.copy_gmem_to_smem(k_ref.at[batch, rows, kv_head], self_tile, loaded)
-        plgpu.copy_gmem_to_smem(self_bias_ref.at[batch, rows], self_bias_smem.at[wg], loaded)
-        plgpu.barrier_wait(loaded)
+        _copy_rows(
+            FORWARD_ROW_LOADS,
+            dict(
+                q=(q_ref.at[batch, rows, head], q_tile),
+                k_self=(k_ref.at[batch, rows, kv_head], self_tile),
+                self_bias=(self_bias_ref.at[batch, rows], self_bias_smem.at[wg]),
+            ),
+            loaded,
+        )
 
         # The candidate's own key seeds the softmax state: m = its logit, l = 1. Its value is
         # added at the end with weight exp2(s_self - m_final), so the self buffer can take v now.
@@ -307,18 +329,19 @@ def _dq_kernel(
     def compute(pipeline):
         wg = lax.axis_index("wg")
         rows = pl.ds(cta_q_start + wg * block_q, block_q)
-        barrier = barriers.at[wg]
-        for src, dst in (
-            (q_ref.at[batch, rows, head], q_smem),
-            (do_ref.at[batch, rows, head], do_smem),
-            (k_ref.at[batch, rows, kv_head], k_self_smem),
-            (v_ref.at[batch, rows, kv_head], v_self_smem),
-            (lse_ref.at[batch, head, rows], lse_smem),
-            (delta_ref.at[batch, head, rows], delta_smem),
-            (self_bias_ref.at[batch, rows], self_bias_smem),
-        ):
-            plgpu.copy_gmem_to_smem(src, dst.at[wg], barrier)
-        plgpu.barrier_wait(barrier)
+        _copy_rows(
+            DQ_ROW_LOADS,
+            dict(
+                q=(q_ref.at[batch, rows, head], q_smem.at[wg]),
+                do=(do_ref.at[batch, rows, head], do_smem.at[wg]),
+                k_self=(k_ref.at[batch, rows, kv_head], k_self_smem.at[wg]),
+                v_self=(v_ref.at[batch, rows, kv_head], v_self_smem.at[wg]),
+                lse=(lse_ref.at[batch, head, rows], lse_smem.at[wg]),
+                delta=(delta_ref.at[batch, head, rows], delta_smem.at[wg]),
+                self_bias=(self_bias_ref.at[batch, rows], self_bias_smem.at[wg]),
+            ),
+            barriers.at[wg],
+        )
 
         k_self = _tile(k_self_smem.at[wg])
         _, ds_self = _self_row_grads(
@@ -397,19 +420,20 @@ def _dkv_kernel(
     def compute(pipeline):
         wg = lax.axis_index("wg")
         rows = pl.ds(cta_kv_start + wg * block_kv, block_kv)
-        barrier = barriers.at[wg]
-        for src, dst in (
-            (k_ref.at[batch, rows, kv_head], k_smem),
-            (v_ref.at[batch, rows, kv_head], v_smem),
-            (q_ref.at[batch, rows, head], q_self_smem),
-            (do_ref.at[batch, rows, head], do_self_smem),
-            (key_bias_ref.at[batch, rows], key_bias_smem),
-            (self_bias_ref.at[batch, rows], self_bias_smem),
-            (lse_ref.at[batch, head, rows], lse_smem),
-            (delta_ref.at[batch, head, rows], delta_smem),
-        ):
-            plgpu.copy_gmem_to_smem(src, dst.at[wg], barrier)
-        plgpu.barrier_wait(barrier)
+        _copy_rows(
+            DKV_ROW_LOADS,
+            dict(
+                k=(k_ref.at[batch, rows, kv_head], k_smem.at[wg]),
+                v=(v_ref.at[batch, rows, kv_head], v_smem.at[wg]),
+                q_self=(q_ref.at[batch, rows, head], q_self_smem.at[wg]),
+                do_self=(do_ref.at[batch, rows, head], do_self_smem.at[wg]),
+                key_bias=(key_bias_ref.at[batch, rows], key_bias_smem.at[wg]),
+                self_bias=(self_bias_ref.at[batch, rows], self_bias_smem.at[wg]),
+                lse=(lse_ref.at[batch, head, rows], lse_smem.at[wg]),
+                delta=(delta_ref.at[batch, head, rows], delta_smem.at[wg]),
+            ),
+            barriers.at[wg],
+        )
 
         q_self, do_self = _tile(q_self_smem.at[wg]), _tile(do_self_smem.at[wg])
         p_self, ds_self = _self_row_grads(
@@ -519,7 +543,7 @@ def _forward(q, k, v, key_bias, self_bias, cfg):
         _smem_vectors(block_q),
         _staging(block_q, cfg.block_kv, dtype, cfg),
         (
-            plgpu.Barrier(num_arrivals=3, num_barriers=COMPUTE_WGS),
+            plgpu.Barrier(num_arrivals=len(FORWARD_ROW_LOADS), num_barriers=COMPUTE_WGS),
             plgpu.Barrier(num_barriers=COMPUTE_WGS),
         ),
     )
@@ -542,7 +566,7 @@ def _backward(q, k, v, key_bias, self_bias, out, lse, d_out, cfg):
         tuple(_smem_tiles(block_q, head_dim, dtype) for _ in range(4)),
         tuple(_smem_vectors(block_q) for _ in range(3)),
         _staging(block_q, block_kv, dtype, cfg),
-        plgpu.Barrier(num_arrivals=7, num_barriers=COMPUTE_WGS),
+        plgpu.Barrier(num_arrivals=len(DQ_ROW_LOADS), num_barriers=COMPUTE_WGS),
     )
     dq_tiles = seq_len // (COMPUTE_WGS * block_q)
     dq = _launch(_dq_kernel, "q_tiles", dq_tiles, inputs, q, dq_scratch, cfg, num_heads, batch)
@@ -551,7 +575,7 @@ def _backward(q, k, v, key_bias, self_bias, out, lse, d_out, cfg):
         tuple(_smem_tiles(block_kv, head_dim, dtype) for _ in range(4)),
         tuple(_smem_vectors(block_kv) for _ in range(4)),
         _staging(block_kv, block_q, dtype, cfg),
-        plgpu.Barrier(num_arrivals=8, num_barriers=COMPUTE_WGS),
+        plgpu.Barrier(num_arrivals=len(DKV_ROW_LOADS), num_barriers=COMPUTE_WGS),
     )
     # One dk/dv slice per query head; grouped heads are summed below, in f32.
     per_head = jax.ShapeDtypeStruct((batch, seq_len, num_heads, head_dim), dtype)
@@ -656,6 +680,8 @@ def candidate_attention_pallas(
     valid = jnp.pad(valid, ((0, 0), (0, padded_len - seq_len)))
     key_bias = jnp.where(valid & (positions < num_prefix), 0.0, -jnp.inf)
     self_bias = jnp.where(valid & (positions >= num_prefix), 0.0, -jnp.inf)
+    # The -inf bias gives a masked key weight 0, but 0 * NaN is NaN: zero such keys' values.
+    k, v = zero_invalid_keys(k, v, key_valid)
     pad = ((0, 0), (0, padded_len - seq_len), (0, 0), (0, 0))
     q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
 

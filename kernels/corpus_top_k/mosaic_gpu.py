@@ -19,7 +19,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from .merge import TileStats, exact_top_k_from_tile_stats, top_k_by_chunks
+from .merge import TileStats, exact_top_k_from_tile_stats
 from .reference import TopK
 
 # A wgmma instruction covers 64 rows; query blocks are 64 or 128 rows.
@@ -209,16 +209,13 @@ def corpus_top_k_pallas(
     where the corpus stream dominates and wider tiles amortise each tile's fixed work, and to
     64 above, where narrower tiles hold fewer winners each and leave fewer tiles to re-score.
 
-    A float32 corpus is scored in XLA a chunk at a time instead: the tensor cores would round
-    float32 operands to tf32, and the result would no longer be the float32 top-k.
+    The corpus must be bfloat16 (the API says why and raises otherwise).
     """
     if tile_n is None:
         tile_n = 128 if queries.shape[0] <= _MIN_BLOCK_B else 64
     if tile_n % 8 or not 8 <= tile_n <= 256:
         raise ValueError(f"tile_n: expected a multiple of 8 in [8, 256], got {tile_n}")
     queries = queries.astype(corpus.dtype)
-    if corpus.dtype == jnp.float32:
-        return top_k_by_chunks(queries, corpus, k, corpus_mask, chunk=1024 * tile_n)
     batch, dim = queries.shape
     num_tiles = corpus.shape[0] // tile_n
     if num_tiles == 0:

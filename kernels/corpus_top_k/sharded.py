@@ -6,6 +6,8 @@ candidates with the same total order as the op (score key descending, ties to th
 index). The global top k is among the shards' local top k, so the merge is exact.
 """
 
+from typing import SupportsIndex
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -21,7 +23,7 @@ from .reference import MASKED_KEY, TopK, score_sort_key
 def sharded_corpus_top_k(
     queries: Float[Array, "batch dim"],
     corpus: Float[Array, "num_items dim"],
-    k: int,
+    k: SupportsIndex,
     *,
     mesh: Mesh,
     axis_name: str,
@@ -33,7 +35,7 @@ def sharded_corpus_top_k(
 
     Returns the same result as the unsharded op, replicated on every device of the mesh.
     """
-    check_top_k_inputs(queries, corpus, k, corpus_mask)
+    k = check_top_k_inputs(queries, corpus, k, corpus_mask)
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name: expected one of {tuple(mesh.shape)}, got {axis_name!r}")
     num_shards = mesh.shape[axis_name]
