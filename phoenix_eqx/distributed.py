@@ -12,7 +12,7 @@
 """
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, SupportsIndex
 
 import equinox as eqx
 import jax
@@ -20,12 +20,11 @@ import jax.numpy as jnp
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PyTree
 
-from .inference import Corpus
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
 from .kernels import sharded_corpus_top_k
-from .kernels._dispatch import Implementation
+from .kernels._dispatch import Implementation, static_int
 from .ranker import PhoenixModel
-from .retrieval import PhoenixRetrievalModel
+from .retrieval import Corpus, PhoenixRetrievalModel
 from .serving import rank_chunked
 
 
@@ -100,7 +99,6 @@ def _per_device(function: Callable, mesh: Mesh, axis_name: str, num_replicated: 
     return run
 
 
-@eqx.filter_jit
 def sharded_rank(
     model: PhoenixModel,
     batch: RecsysBatch,
@@ -108,7 +106,7 @@ def sharded_rank(
     *,
     mesh: Mesh,
     axis_name: str = "batch",
-    candidate_chunk: int | None = None,
+    candidate_chunk: SupportsIndex | None = None,
 ) -> RankingOutput:
     """`inference.rank` with the users split over mesh axis `axis_name`.
 
@@ -116,7 +114,13 @@ def sharded_rank(
     prefix-cached `serving.rank_chunked`. The batch size must divide by the axis size.
     """
     _check_divisible(batch.user_hashes.shape[0], mesh, axis_name, "batch.user_hashes")
+    if candidate_chunk is not None:
+        candidate_chunk = static_int(candidate_chunk, "candidate_chunk", minimum=1)
+    return _sharded_rank(model, batch, embeddings, mesh, axis_name, candidate_chunk)
 
+
+@eqx.filter_jit
+def _sharded_rank(model, batch, embeddings, mesh, axis_name, candidate_chunk):
     def local(model, batch, embeddings):
         if candidate_chunk is None:
             return model.rank(batch, embeddings)
@@ -147,31 +151,36 @@ def shard_corpus(corpus: Corpus, mesh: Mesh, axis_name: str = "corpus") -> Corpu
     return shard_batch(corpus, mesh, axis_name)
 
 
-@eqx.filter_jit
 def sharded_retrieve(
     model: PhoenixRetrievalModel,
     batch: RecsysBatch,
     embeddings: RecsysEmbeddings,
     corpus: Corpus,
-    top_k: int = 100,
+    k: SupportsIndex = 100,
     *,
     mesh: Mesh,
-    corpus_axis: str = "corpus",
+    axis_name: str = "corpus",
     implementation: Implementation = "auto",
 ) -> RetrievalOutput:
-    """`inference.retrieve` against a corpus whose rows are split over mesh axis `corpus_axis`.
+    """`inference.retrieve` against a corpus whose rows are split over mesh axis `axis_name`.
 
     Users are encoded once, then each device selects its rows' top-k and the per-shard
     results are merged into the exact global top-k (indices into the whole corpus).
     """
-    _check_divisible(corpus.embeddings.shape[0], mesh, corpus_axis, "corpus.embeddings")
+    _check_divisible(corpus.embeddings.shape[0], mesh, axis_name, "corpus.embeddings")
+    k = static_int(k, "k", minimum=1, maximum=corpus.embeddings.shape[0])
+    return _sharded_retrieve(model, batch, embeddings, corpus, k, mesh, axis_name, implementation)
+
+
+@eqx.filter_jit
+def _sharded_retrieve(model, batch, embeddings, corpus, k, mesh, axis_name, implementation):
     users, _ = model.encode_users(batch, embeddings)
     best = sharded_corpus_top_k(
         users,
         corpus.embeddings,
-        top_k,
+        k,
         mesh=mesh,
-        axis_name=corpus_axis,
+        axis_name=axis_name,
         corpus_mask=corpus.mask,
         implementation=implementation,
     )

@@ -56,21 +56,38 @@ class HashEmbeddingTables(eqx.Module):
         self.post_table = jax.random.normal(post_key, (num_post_rows, emb_size))
         self.author_table = jax.random.normal(author_key, (num_author_rows, emb_size))
 
+    def item_embeddings(
+        self,
+        post_hashes: Int[Array, "*items item_hashes"],
+        author_hashes: Int[Array, "*items author_hashes"],
+        name: str = "",
+    ) -> tuple[Float[Array, "*items item_hashes emb"], Float[Array, "*items author_hashes emb"]]:
+        """Post and author embeddings of items given by their hashes (any leading shape), as
+        `PhoenixRetrievalModel.encode_items` takes them. `name` prefixes the arguments named in
+        errors (e.g. `"batch.candidate_"`)."""
+        if post_hashes.shape[:-1] != author_hashes.shape[:-1]:
+            raise ValueError(
+                f"{name}author_hashes: expected leading shape {post_hashes.shape[:-1]} like "
+                f"{name}post_hashes, got {author_hashes.shape}"
+            )
+        return (
+            lookup_rows(self.post_table, post_hashes, f"{name}post_hashes"),
+            lookup_rows(self.author_table, author_hashes, f"{name}author_hashes"),
+        )
+
     def __call__(self, batch: RecsysBatch) -> RecsysEmbeddings:
+        history_post, history_author = self.item_embeddings(
+            batch.history_post_hashes, batch.history_author_hashes, "batch.history_"
+        )
+        candidate_post, candidate_author = self.item_embeddings(
+            batch.candidate_post_hashes, batch.candidate_author_hashes, "batch.candidate_"
+        )
         return RecsysEmbeddings(
             user_embeddings=lookup_rows(self.user_table, batch.user_hashes, "batch.user_hashes"),
-            history_post_embeddings=lookup_rows(
-                self.post_table, batch.history_post_hashes, "batch.history_post_hashes"
-            ),
-            candidate_post_embeddings=lookup_rows(
-                self.post_table, batch.candidate_post_hashes, "batch.candidate_post_hashes"
-            ),
-            history_author_embeddings=lookup_rows(
-                self.author_table, batch.history_author_hashes, "batch.history_author_hashes"
-            ),
-            candidate_author_embeddings=lookup_rows(
-                self.author_table, batch.candidate_author_hashes, "batch.candidate_author_hashes"
-            ),
+            history_post_embeddings=history_post,
+            candidate_post_embeddings=candidate_post,
+            history_author_embeddings=history_author,
+            candidate_author_embeddings=candidate_author,
         )
 
 

@@ -1,20 +1,36 @@
 """The Phoenix ranking model: candidates scored for 19 actions with candidate isolation."""
 
+from typing import SupportsIndex
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .config import PhoenixModelConfig
 from .embedding import InputEmbedding
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, check_inputs
-from .transformer import RMSNorm, Transformer, token_positions, truncated_normal_init
+from .kernels._dispatch import static_int
+from .transformer import (
+    PrefixCache,
+    RMSNorm,
+    Transformer,
+    candidate_positions,
+    prefix_positions,
+    token_positions,
+    truncated_normal_init,
+)
 
 
 class PhoenixModel(eqx.Module):
     """Ranker: transformer over `[user | history | candidates]`, where each candidate sees the
     user, the history and itself, never another candidate, so its score is independent of
     which other candidates share the batch.
+
+    Two ways to run it, with equal results: `__call__` takes the whole sequence at once
+    (training, short candidate lists); `encode_prefix` encodes `[user | history]` once into a
+    `PrefixCache`, then `score_candidates` scores any number of candidates against it (serving).
+    Both end in the one ranking head, `action_logits`.
     """
 
     embedding: InputEmbedding
@@ -46,9 +62,65 @@ class PhoenixModel(eqx.Module):
         num_prefix, num_candidates = prefix.shape[1], candidates.shape[1]
         positions = token_positions(prefix_valid, num_candidates, config.model.candidate_positions)
         hidden = self.transformer(tokens, positions, valid, num_prefix)
-        candidate_hidden = self.final_norm(hidden)[:, num_prefix:]
-        logits = jnp.dot(candidate_hidden.astype(jnp.float32), self.unembedding)
-        return logits.astype(config.fprop_dtype)
+        return self.action_logits(hidden[:, num_prefix:])
+
+    def encode_prefix(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> PrefixCache:
+        """Run `[user | history]` once and keep every layer's keys and values.
+
+        Reads only the user and history fields of `batch` and `embeddings` (the candidate fields
+        may have any number of candidates, zero included).
+        """
+        check_inputs(batch, embeddings, self.config, needs_candidates=False)
+        tokens, valid = self.embedding.prefix_tokens(batch, embeddings)
+        positions = prefix_positions(valid, self.config.model.candidate_positions)
+        return self.transformer.encode_prefix(tokens, positions, valid)
+
+    def score_candidates(
+        self,
+        cache: PrefixCache,
+        batch: RecsysBatch,
+        embeddings: RecsysEmbeddings,
+        *,
+        offset: SupportsIndex | Int[Array, ""] = 0,
+    ) -> Float[Array, "batch candidates actions"]:
+        """Action logits (forward dtype) of the batch's candidates against a cached prefix.
+
+        Equal to `__call__`'s logits for these candidates. With the seed's sequential positions
+        candidate `i` sits at rotary position `prefix + offset + i`: pass the offset of this
+        slice within the request's candidates to keep their original positions (a Python int
+        compiles per value; an int32 scalar array does not). With shared positions every
+        candidate sits at `prefix` and the offset has no effect.
+        """
+        config = self.config
+        check_inputs(batch, embeddings, config, needs_candidates=True)
+        expected = (
+            self.transformer.num_layers,
+            batch.user_hashes.shape[0],
+            batch.history_post_hashes.shape[1] + 1,
+        )
+        actual = (cache.keys.shape[0], cache.keys.shape[1], cache.num_prefix)
+        if actual != expected:
+            raise ValueError(
+                f"cache: expected (layers, batch, prefix) = {expected} from the model and "
+                f"batch, got {actual}"
+            )
+        offset = _check_offset(offset)
+        candidates, candidate_valid = self.embedding.candidate_tokens(batch, embeddings)
+        batch_size, num_candidates = candidate_valid.shape
+        positions = candidate_positions(
+            batch_size, cache.num_prefix, num_candidates, config.model.candidate_positions, offset
+        )
+        hidden = self.transformer.score_candidates(
+            candidates.astype(config.fprop_dtype), positions, candidate_valid, cache
+        )
+        return self.action_logits(hidden)
+
+    def action_logits(
+        self, candidate_hidden: Float[Array, "batch candidates emb"]
+    ) -> Float[Array, "batch candidates actions"]:
+        """The ranking head: final norm, then the unembedding in float32, in the forward dtype."""
+        logits = jnp.dot(self.final_norm(candidate_hidden).astype(jnp.float32), self.unembedding)
+        return logits.astype(self.config.fprop_dtype)
 
     def rank(self, batch: RecsysBatch, embeddings: RecsysEmbeddings) -> RankingOutput:
         """Probabilities (sigmoid of the logits) and candidates ranked by favorite probability."""
@@ -56,14 +128,32 @@ class PhoenixModel(eqx.Module):
         return ranking_output(logits, batch.candidate_valid)
 
 
+def _check_offset(offset):
+    """A non-negative candidate offset: checked eagerly when static, in-graph when traced."""
+    if isinstance(offset, jax.core.Tracer) or (
+        isinstance(offset, jax.Array) and jnp.issubdtype(offset.dtype, jnp.integer)
+    ):
+        if offset.shape != () or not jnp.issubdtype(offset.dtype, jnp.integer):
+            raise ValueError(
+                f"offset: expected an integer scalar, got {offset.dtype}{offset.shape}"
+            )
+        return eqx.error_if(offset, offset < 0, "offset: expected >= 0")
+    return static_int(offset, "offset", minimum=0)
+
+
 def ranking_output(
-    logits: Float[Array, "batch candidates actions"], candidate_valid
+    logits: Float[Array, "batch candidates actions"],
+    candidate_valid: Bool[Array, "batch candidates"],
 ) -> RankingOutput:
+    """Probabilities and the ranked order: descending favorite probability, ties to the lower
+    slot, a NaN score after every number, and invalid (padding) candidates after every valid
+    one whatever their scores."""
     # The seed takes the sigmoid in the forward dtype; ranking on those values keeps its order.
     probabilities = jax.nn.sigmoid(logits)
-    # Stable sort on (invalid last, then descending favorite probability).
     favorite = probabilities[..., 0].astype(jnp.float32)
-    sort_key = jnp.where(candidate_valid, -favorite, jnp.inf)
+    # Valid scores map into [-1, 0] (NaN to 1), invalid slots to 2: one stable sort does it all.
+    sort_key = jnp.where(jnp.isnan(favorite), 1.0, -favorite)
+    sort_key = jnp.where(candidate_valid, sort_key, 2.0)
     ranked = jnp.argsort(sort_key, axis=-1, stable=True).astype(jnp.int32)
     return RankingOutput(
         logits=logits.astype(jnp.float32),

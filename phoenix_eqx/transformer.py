@@ -4,6 +4,12 @@ Per-token layers (Linear, RMSNorm, the FFN) act on the last axis and take any le
 Attention takes a whole batch `[batch, seq, emb]`, because the fused kernel behind
 `phoenix_eqx.kernels.candidate_attention` is batched; the layers are stacked with `filter_vmap`
 and run with `lax.scan`.
+
+Candidate isolation splits the forward pass in two: a candidate attends only the prefix's keys
+and values at each layer, and its own. So the `Transformer` runs either the whole
+`[prefix | candidates]` sequence at once (`__call__`), or the prefix alone, keeping every
+layer's keys and values (`encode_prefix` -> `PrefixCache`), then any number of candidates
+against that cache (`score_candidates`). Both split paths are the same layers' maths.
 """
 
 import math
@@ -11,10 +17,10 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .config import TransformerConfig
-from .kernels import candidate_attention
+from .kernels import cached_candidate_attention, candidate_attention
 
 ROTARY_BASE = 10_000.0
 RMS_NORM_EPS = 1e-5
@@ -143,6 +149,15 @@ class Attention(eqx.Module):
         batch, seq_len = attended.shape[:2]
         return self.output(attended.reshape(batch, seq_len, self.num_q_heads * self.key_size))
 
+    def _attention_options(self) -> dict:
+        config = self.config
+        return dict(
+            scale=config.attn_output_multiplier,
+            logit_cap=config.logit_cap,
+            cap_method=config.cap_method,
+            implementation=config.attention_implementation,
+        )
+
     def attend(
         self,
         q: Float[Array, "batch seq q_heads head_dim"],
@@ -159,10 +174,31 @@ class Attention(eqx.Module):
             num_prefix=num_prefix,
             key_valid=key_valid,
             history=self.config.history_attention,
-            scale=self.config.attn_output_multiplier,
-            logit_cap=self.config.logit_cap,
-            cap_method=self.config.cap_method,
-            implementation=self.config.attention_implementation,
+            **self._attention_options(),
+        )
+        return self.merge_heads(attended)
+
+    def attend_to_prefix(
+        self,
+        q: Float[Array, "batch candidates q_heads head_dim"],
+        k: Float[Array, "batch candidates kv_heads head_dim"],
+        v: Float[Array, "batch candidates kv_heads head_dim"],
+        candidate_valid: Bool[Array, "batch candidates"],
+        prefix_keys: Float[Array, "batch prefix kv_heads head_dim"],
+        prefix_values: Float[Array, "batch prefix kv_heads head_dim"],
+        prefix_valid: Bool[Array, "batch prefix"],
+    ) -> Float[Array, "batch candidates emb"]:
+        """Candidates' attention against a cached prefix (the candidate rows of `attend` on
+        `[prefix | candidates]`), then the output projection."""
+        attended = cached_candidate_attention(
+            q,
+            k,
+            v,
+            prefix_keys,
+            prefix_values,
+            prefix_valid=prefix_valid,
+            candidate_valid=candidate_valid,
+            **self._attention_options(),
         )
         return self.merge_heads(attended)
 
@@ -228,9 +264,67 @@ class DecoderLayer(eqx.Module):
         self, h: Float[Array, "*batch emb"], attended: Float[Array, "*batch emb"]
     ) -> Float[Array, "*batch emb"]:
         """The rest of the layer once attention has run: `h += N1(attended)`, then
-        `h += N3(FFN(N2(h)))`, per token. Serving reuses it with a cached prefix."""
+        `h += N3(FFN(N2(h)))`, per token."""
         h = h + self.post_attention_norm(attended)
         return h + self.post_ffn_norm(self.ffn(self.pre_ffn_norm(h)))
+
+    def prefix_keys_values(
+        self, h: Float[Array, "batch prefix emb"], positions: Float[Array, "batch prefix"]
+    ) -> tuple[
+        Float[Array, "batch prefix q_heads head_dim"],
+        Float[Array, "batch prefix kv_heads head_dim"],
+        Float[Array, "batch prefix kv_heads head_dim"],
+    ]:
+        """This layer's projected q, k, v of the prefix tokens (what candidates attend)."""
+        return self.attention.project(self.pre_attention_norm(h), positions)
+
+    def encode_prefix(
+        self,
+        h: Float[Array, "batch prefix emb"],
+        positions: Float[Array, "batch prefix"],
+        prefix_valid: Bool[Array, "batch prefix"],
+    ) -> tuple[
+        Float[Array, "batch prefix emb"],
+        Float[Array, "batch prefix kv_heads head_dim"],
+        Float[Array, "batch prefix kv_heads head_dim"],
+    ]:
+        """The layer on the prefix alone (prefix rows never attend candidates), and the prefix's
+        keys and values at this layer."""
+        q, k, v = self.prefix_keys_values(h, positions)
+        attended = self.attention.attend(q, k, v, prefix_valid, h.shape[1])
+        return self.after_attention(h, attended), k, v
+
+    def score_candidates(
+        self,
+        h: Float[Array, "batch candidates emb"],
+        positions: Float[Array, "batch candidates"],
+        candidate_valid: Bool[Array, "batch candidates"],
+        prefix_keys: Float[Array, "batch prefix kv_heads head_dim"],
+        prefix_values: Float[Array, "batch prefix kv_heads head_dim"],
+        prefix_valid: Bool[Array, "batch prefix"],
+    ) -> Float[Array, "batch candidates emb"]:
+        """The layer on candidate tokens against this layer's cached prefix keys and values."""
+        q, k, v = self.attention.project(self.pre_attention_norm(h), positions)
+        attended = self.attention.attend_to_prefix(
+            q, k, v, candidate_valid, prefix_keys, prefix_values, prefix_valid
+        )
+        return self.after_attention(h, attended)
+
+
+class PrefixCache(eqx.Module):
+    """Every layer's keys (rotary applied) and values of a batch's `[user | history]` prefix,
+    with its padding mask: all a candidate needs from the rest of the sequence.
+
+    Invalid prefix positions are never attended, whatever their keys and values hold.
+    """
+
+    keys: Float[Array, "layers batch prefix kv_heads head_dim"]
+    values: Float[Array, "layers batch prefix kv_heads head_dim"]
+    prefix_valid: Bool[Array, "batch prefix"]
+
+    @property
+    def num_prefix(self) -> int:
+        return self.prefix_valid.shape[1]
 
 
 class Transformer(eqx.Module):
@@ -250,6 +344,16 @@ class Transformer(eqx.Module):
             raise ValueError(f"index: expected 0 <= index < {self.num_layers}, got {index}")
         return jax.tree.map(lambda leaf: leaf[index] if eqx.is_array(leaf) else leaf, self.layers)
 
+    def _scan(self, step, carry, per_layer=None, *, layers=None):
+        """`lax.scan` of `step(layer, carry, per_layer_input)` over the stacked layers."""
+        params, static = eqx.partition(self.layers if layers is None else layers, eqx.is_array)
+
+        def body(carry, inputs):
+            layer_params, layer_input = inputs
+            return step(eqx.combine(layer_params, static), carry, layer_input)
+
+        return jax.lax.scan(body, carry, (params, per_layer))
+
     def __call__(
         self,
         h: Float[Array, "batch seq emb"],
@@ -257,30 +361,103 @@ class Transformer(eqx.Module):
         key_valid: Bool[Array, "batch seq"],
         num_prefix: int,
     ) -> Float[Array, "batch seq emb"]:
-        params, static = eqx.partition(self.layers, eqx.is_array)
+        """The whole sequence at once: `[prefix | candidates]` with candidate isolation."""
 
-        def step(carry, layer_params):
-            layer = eqx.combine(layer_params, static)
-            return layer(carry, positions, key_valid, num_prefix), None
+        def step(layer, h, _):
+            return layer(h, positions, key_valid, num_prefix), None
 
-        h, _ = jax.lax.scan(step, h, params)
+        h, _ = self._scan(step, h)
+        return h
+
+    def encode_prefix(
+        self,
+        h: Float[Array, "batch prefix emb"],
+        positions: Float[Array, "batch prefix"],
+        prefix_valid: Bool[Array, "batch prefix"],
+    ) -> PrefixCache:
+        """Run the prefix alone and keep every layer's keys and values.
+
+        Equal to the prefix part of `__call__`, since prefix rows never attend candidates. The
+        last layer's prefix outputs feed nothing, so only its keys and values are computed.
+        """
+
+        def step(layer, h, _):
+            h, k, v = layer.encode_prefix(h, positions, prefix_valid)
+            return h, (k, v)
+
+        all_but_last = jax.tree.map(lambda x: x[:-1] if eqx.is_array(x) else x, self.layers)
+        h, (keys, values) = self._scan(step, h, layers=all_but_last)
+        _, k, v = self.layer(self.num_layers - 1).prefix_keys_values(h, positions)
+        return PrefixCache(
+            keys=jnp.concatenate([keys, k[None]]),
+            values=jnp.concatenate([values, v[None]]),
+            prefix_valid=prefix_valid,
+        )
+
+    def score_candidates(
+        self,
+        h: Float[Array, "batch candidates emb"],
+        positions: Float[Array, "batch candidates"],
+        candidate_valid: Bool[Array, "batch candidates"],
+        cache: PrefixCache,
+    ) -> Float[Array, "batch candidates emb"]:
+        """Candidate tokens through every layer against a cached prefix: the candidate rows of
+        `__call__` on `[prefix | candidates]`."""
+
+        def step(layer, h, cached):
+            prefix_keys, prefix_values = cached
+            h = layer.score_candidates(
+                h, positions, candidate_valid, prefix_keys, prefix_values, cache.prefix_valid
+            )
+            return h, None
+
+        h, _ = self._scan(step, h, (cache.keys, cache.values))
         return h
 
 
-def token_positions(
-    prefix_valid: Bool[Array, "batch prefix"], num_candidates: int, mode: str
-) -> Float[Array, "batch seq"]:
-    """Rotary positions of `[prefix | candidates]`.
+def prefix_positions(
+    prefix_valid: Bool[Array, "batch prefix"], mode: str
+) -> Float[Array, "batch prefix"]:
+    """Rotary positions of the `[user | history]` prefix.
 
-    `"sequential"` (the seed): `0..T-1`. `"shared"` (X's production): valid prefix tokens are
-    right-aligned so the last one sits at `prefix-1` whatever the padding, and every candidate
-    shares position `prefix`, so a candidate's score does not depend on its slot.
+    `"sequential"` (the seed): `0..P-1`. `"shared"` (X's production): valid prefix tokens are
+    right-aligned so the last one sits at `P-1` whatever the padding.
     """
     batch, num_prefix = prefix_valid.shape
     if mode == "sequential":
-        positions = jnp.arange(num_prefix + num_candidates, dtype=jnp.float32)
-        return jnp.broadcast_to(positions, (batch, num_prefix + num_candidates))
+        positions = jnp.arange(num_prefix, dtype=jnp.float32)
+        return jnp.broadcast_to(positions, (batch, num_prefix))
     valid_after = jnp.cumsum(prefix_valid[:, ::-1], axis=1)[:, ::-1] - prefix_valid
-    prefix_positions = (num_prefix - 1 - valid_after).astype(jnp.float32)
-    candidate_positions = jnp.full((batch, num_candidates), num_prefix, jnp.float32)
-    return jnp.concatenate([prefix_positions, candidate_positions], axis=1)
+    return (num_prefix - 1 - valid_after).astype(jnp.float32)
+
+
+def candidate_positions(
+    batch: int,
+    num_prefix: int,
+    num_candidates: int,
+    mode: str,
+    offset: int | Int[Array, ""] = 0,
+) -> Float[Array, "batch candidates"]:
+    """Rotary positions of candidates after a prefix of `num_prefix` tokens.
+
+    `"sequential"`: candidate `i` sits at `num_prefix + offset + i` (`offset`: where this slice
+    starts in the request's candidate list). `"shared"`: every candidate sits at `num_prefix`,
+    so a candidate's score does not depend on its slot, and `offset` has no effect.
+    """
+    if mode == "shared":
+        return jnp.full((batch, num_candidates), num_prefix, jnp.float32)
+    positions = num_prefix + offset + jnp.arange(num_candidates, dtype=jnp.float32)
+    return jnp.broadcast_to(positions, (batch, num_candidates))
+
+
+def token_positions(
+    prefix_valid: Bool[Array, "batch prefix"],
+    num_candidates: int,
+    mode: str,
+    offset: int | Int[Array, ""] = 0,
+) -> Float[Array, "batch seq"]:
+    """Rotary positions of `[prefix | candidates]`: `prefix_positions` then
+    `candidate_positions` (see both)."""
+    batch, num_prefix = prefix_valid.shape
+    candidates = candidate_positions(batch, num_prefix, num_candidates, mode, offset)
+    return jnp.concatenate([prefix_positions(prefix_valid, mode), candidates], axis=1)

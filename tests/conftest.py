@@ -2,9 +2,9 @@
 
 import os
 
-import jax
 import pytest
 from hypothesis import HealthCheck, settings
+from phoenix_eqx.kernels._dispatch import is_hopper_gpu
 
 # JAX compiles on first call, so per-example deadlines are meaningless.
 settings.register_profile(
@@ -23,15 +23,8 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _has_hopper_gpu() -> bool:
-    device = jax.devices()[0]
-    return device.platform == "gpu" and str(getattr(device, "compute_capability", "")).startswith(
-        "9"
-    )
-
-
 def pytest_collection_modifyitems(config, items):
-    if _has_hopper_gpu():
+    if is_hopper_gpu():
         return
     skip_gpu = pytest.mark.skip(reason="needs a Hopper GPU")
     for item in items:

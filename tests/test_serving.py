@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from phoenix_eqx.kernels.candidate_attention import candidate_attention_reference
 
 import phoenix_eqx as px
 from phoenix_eqx import serving
@@ -43,7 +42,7 @@ VARIANTS = [("sequential", "causal"), ("shared", "bidirectional")]
 @given(variant=st.sampled_from(VARIANTS), chunk=st.integers(1, CANDIDATES + 2))
 def test_chunked_scores_equal_one_shot_scores(variant, chunk):
     model, batch, embeddings, expected = model_and_inputs(*variant)
-    output = serving.rank_chunked(model, batch, embeddings, candidate_chunk=chunk)
+    output = rank(model, batch, embeddings, candidate_chunk=chunk)
     np.testing.assert_allclose(output.logits, expected.logits, atol=TOLERANCE)
     np.testing.assert_allclose(output.probabilities, expected.probabilities, atol=TOLERANCE)
     valid = np.asarray(batch.candidate_valid)
@@ -64,7 +63,7 @@ def test_chunked_scores_equal_one_shot_in_bfloat16():
 
 def _candidates(batch, embeddings, slots):
     """The batch's candidates at `slots`, in that order."""
-    slots = jnp.asarray(slots)
+    slots = jnp.asarray(slots, jnp.int32)
     batch = dataclasses.replace(
         batch, **{f: getattr(batch, f)[:, slots] for f in serving.CANDIDATE_FIELDS}
     )
@@ -80,7 +79,7 @@ def test_shared_positions_score_chunks_in_any_order(order, split):
     cache = serving.encode_prefix(model, batch, embeddings)
     score = eqx.filter_jit(serving.score_candidates)
     for part, offset in ((order[:split], 5), (order[split:], 0)):
-        logits = score(model, cache, *_candidates(batch, embeddings, part), candidate_offset=offset)
+        logits = score(model, cache, *_candidates(batch, embeddings, part), offset=offset)
         np.testing.assert_allclose(logits, expected.logits[:, jnp.asarray(part)], atol=TOLERANCE)
 
 
@@ -89,52 +88,10 @@ def test_sequential_positions_keep_each_chunks_original_positions():
     cache = serving.encode_prefix(model, batch, embeddings)
     slots = [3, 4, 5]
     chunk = _candidates(batch, embeddings, slots)
-    right = serving.score_candidates(model, cache, *chunk, candidate_offset=3)
+    right = serving.score_candidates(model, cache, *chunk, offset=3)
     np.testing.assert_allclose(right, expected.logits[:, 3:6], atol=TOLERANCE)
-    wrong = serving.score_candidates(model, cache, *chunk, candidate_offset=0)
+    wrong = serving.score_candidates(model, cache, *chunk, offset=0)
     assert np.max(np.abs(np.asarray(wrong) - np.asarray(expected.logits[:, 3:6]))) > 1e-3
-
-
-@given(
-    num_candidates=st.integers(1, 6),
-    num_prefix=st.integers(1, 6),
-    heads=st.sampled_from([(2, 2), (4, 2), (3, 1)]),
-    cap=st.sampled_from([None, ("tanh", 5.0), ("soft_sign", 2.0)]),
-    seed=st.integers(0, 2**16),
-)
-def test_cached_attention_equals_candidate_rows_of_the_reference(
-    num_candidates, num_prefix, heads, cap, seed
-):
-    q_heads, kv_heads = heads
-    keys = jax.random.split(jax.random.key(seed), 5)
-    seq_len, head_dim = num_prefix + num_candidates, 4
-    q = 2 * jax.random.normal(keys[0], (2, seq_len, q_heads, head_dim))
-    k = 2 * jax.random.normal(keys[1], (2, seq_len, kv_heads, head_dim))
-    v = jax.random.normal(keys[2], (2, seq_len, kv_heads, head_dim))
-    # Padding anywhere, including rows whose every key is padding (they must give zeros).
-    key_valid = jax.random.bernoulli(keys[3], 0.6, (2, seq_len)).at[1, :num_prefix].set(False)
-    logit_cap, cap_method = (None, "tanh") if cap is None else (cap[1], cap[0])
-    options = dict(scale=0.5, logit_cap=logit_cap, cap_method=cap_method)
-
-    @jax.jit
-    def both(q, k, v, key_valid):
-        expected = candidate_attention_reference(
-            q, k, v, num_prefix=num_prefix, key_valid=key_valid, history="causal", **options
-        )
-        got = serving.cached_candidate_attention(
-            q[:, num_prefix:],
-            k[:, num_prefix:],
-            v[:, num_prefix:],
-            k[:, :num_prefix],
-            v[:, :num_prefix],
-            prefix_valid=key_valid[:, :num_prefix],
-            candidate_valid=key_valid[:, num_prefix:],
-            **options,
-        )
-        return got, expected
-
-    got, expected = both(q, k, v, key_valid)
-    np.testing.assert_allclose(got, expected[:, num_prefix:], atol=TOLERANCE)
 
 
 def _temp_bytes(model, num_candidates: int, chunk: int) -> int:
@@ -166,7 +123,7 @@ def test_ten_thousand_candidates_for_one_user():
     embeddings = px.HashEmbeddingTables(50, 50, 50, model.config.emb_size, key=jax.random.key(3))(
         batch
     )
-    output = serving.rank_chunked(model, batch, embeddings, candidate_chunk=1024)
+    output = rank(model, batch, embeddings, candidate_chunk=1024)
     assert output.logits.shape == (1, 10_000, model.config.num_actions)
     assert np.all(np.isfinite(output.logits))
     assert sorted(np.asarray(output.ranked_indices[0]).tolist()) == list(range(10_000))
@@ -181,11 +138,28 @@ def test_ten_thousand_candidates_for_one_user():
 
 def test_arguments_are_checked():
     model, batch, embeddings, _ = model_and_inputs("sequential", "causal")
-    with pytest.raises(ValueError, match="candidate_chunk: expected a positive int, got 0"):
-        serving.rank_chunked(model, batch, embeddings, candidate_chunk=0)
+    with pytest.raises(ValueError, match="candidate_chunk: expected 1 <= candidate_chunk, got 0"):
+        rank(model, batch, embeddings, candidate_chunk=0)
+    # Runtime type checking (on in the suite) may refuse a float first, with a TypeError.
+    with pytest.raises((ValueError, TypeError), match="candidate_chunk"):
+        rank(model, batch, embeddings, candidate_chunk=2.5)
+    chunked = rank(model, batch, embeddings, candidate_chunk=np.int64(3))
+    np.testing.assert_array_equal(
+        chunked.logits, rank(model, batch, embeddings, candidate_chunk=3).logits
+    )
     cache = serving.encode_prefix(model, batch, embeddings)
     one_user = [jax.tree.map(lambda x: x[:1], tree) for tree in (batch, embeddings)]
     with pytest.raises(
         ValueError, match=r"cache: expected \(layers, batch, prefix\) = \(2, 1, 7\)"
     ):
         serving.score_candidates(model, cache, *one_user)
+    with pytest.raises(ValueError, match="offset: expected 0 <= offset, got -1"):
+        serving.score_candidates(model, cache, batch, embeddings, offset=-1)
+
+
+def test_prefix_cache_needs_no_candidates():
+    model, batch, embeddings, expected = model_and_inputs("sequential", "causal")
+    no_candidates = _candidates(batch, embeddings, [])
+    cache = serving.encode_prefix(model, *no_candidates)
+    logits = serving.score_candidates(model, cache, batch, embeddings)
+    np.testing.assert_allclose(logits, expected.logits, atol=TOLERANCE)
