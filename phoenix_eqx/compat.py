@@ -72,6 +72,8 @@ def _check_config(config) -> None:
 
 
 def _load(template: eqx.Module, params: HaikuParams, model_parameters) -> eqx.Module:
+    """Fill `template`, the model's shapes from `eqx.filter_eval_shape` (no random init of
+    weights that are replaced anyway), with the seed's parameters."""
     num_layers = template.transformer.num_layers
     expected: dict[tuple[str, str], tuple[int, ...]] = {}
     for module, name, leaf in model_parameters:
@@ -106,7 +108,12 @@ def _load(template: eqx.Module, params: HaikuParams, model_parameters) -> eqx.Mo
         leaves.append(lambda m, leaf=leaf: leaf(m.transformer.layers))
         stacked = [as_f32(params[_layer_path(i, module)][name]) for i in range(num_layers)]
         values.append(jnp.stack(stacked))
-    return eqx.tree_at(lambda m: [leaf(m) for leaf in leaves], template, values)
+    model = eqx.tree_at(lambda m: [leaf(m) for leaf in leaves], template, values)
+    # The template is abstract: a leaf the tables above do not name would stay a shape.
+    abstract = [x for x in jax.tree.leaves(model) if isinstance(x, jax.ShapeDtypeStruct)]
+    if abstract:
+        raise RuntimeError(f"compat: {len(abstract)} model arrays have no seed parameter")
+    return model
 
 
 def _export(model: eqx.Module, model_parameters) -> dict[str, dict[str, np.ndarray]]:
@@ -126,7 +133,7 @@ def ranker_from_haiku(params: HaikuParams, config: PhoenixModelConfig) -> Phoeni
     Raises a ValueError naming every missing, unexpected or mis-shaped parameter.
     """
     _check_config(config)
-    template = PhoenixModel(config, key=jax.random.key(0))
+    template = eqx.filter_eval_shape(PhoenixModel, config, key=jax.random.key(0))
     return _load(template, params, _ranker_parameters())
 
 
@@ -135,7 +142,7 @@ def retrieval_from_haiku(
 ) -> PhoenixRetrievalModel:
     """The seed's `PhoenixRetrievalModel` parameters as a `phoenix_eqx.PhoenixRetrievalModel`."""
     _check_config(config)
-    template = PhoenixRetrievalModel(config, key=jax.random.key(0))
+    template = eqx.filter_eval_shape(PhoenixRetrievalModel, config, key=jax.random.key(0))
     return _load(template, params, _retrieval_parameters())
 
 

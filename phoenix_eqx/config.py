@@ -1,9 +1,11 @@
 """Model configurations: the seed's dataclasses, frozen, plus X's production options."""
 
 import dataclasses
+import math
 from typing import Literal
 
 import jax.numpy as jnp
+import numpy as np
 
 # The 19 engagement actions, in the seed's order; index 0 (favorite) is the primary signal.
 ACTIONS: tuple[str, ...] = (
@@ -39,6 +41,32 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _is_int(value) -> bool:
+    # Python and NumPy integers; bool is an int subclass but never a size.
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
+
+
+def _is_real(value) -> bool:
+    return _is_int(value) or isinstance(value, float | np.floating)
+
+
+def _normalise_numbers(config, ints: tuple[str, ...], reals: tuple[str, ...]) -> None:
+    """Check `ints` are integers and `reals` real numbers, storing them as Python int / float
+    (so that equal configs compare, hash and print equal whatever type was passed)."""
+    for name in ints:
+        value = getattr(config, name)
+        _require(_is_int(value), f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+        object.__setattr__(config, name, int(value))
+    for name in reals:
+        value = getattr(config, name)
+        if value is None and name == "logit_cap":
+            continue
+        _require(
+            _is_real(value), f"{name}: expected a number, got {value!r} ({type(value).__name__})"
+        )
+        object.__setattr__(config, name, float(value))
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """The Grok-1 style transformer shared by the ranker and the retrieval user tower.
@@ -62,9 +90,16 @@ class TransformerConfig:
     attention_implementation: AttentionImplementation = "auto"
 
     def __post_init__(self):
-        for name in ("emb_size", "key_size", "num_q_heads", "num_kv_heads", "num_layers"):
+        sizes = ("emb_size", "key_size", "num_q_heads", "num_kv_heads", "num_layers")
+        _normalise_numbers(self, sizes, ("widening_factor", "attn_output_multiplier", "logit_cap"))
+        for name in sizes:
             value = getattr(self, name)
             _require(value >= 1, f"{name}: expected a positive int, got {value}")
+        _require(
+            self.widening_factor > 0 and self.ffn_size >= 1,
+            f"widening_factor: expected > 0 with a non-empty FFN (width "
+            f"int(widening_factor * emb_size) * 2 // 3 >= 1), got {self.widening_factor}",
+        )
         _require(
             self.num_q_heads % self.num_kv_heads == 0,
             f"num_kv_heads: expected a divisor of num_q_heads={self.num_q_heads}, "
@@ -111,85 +146,103 @@ class HashConfig:
     num_author_hashes: int = 2
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            _require(value >= 1, f"{field.name}: expected a positive int, got {value}")
-
-
-def _check_model_config(config) -> None:
-    _require(
-        config.model.emb_size == config.emb_size,
-        f"model.emb_size: expected emb_size={config.emb_size}, got {config.model.emb_size}",
-    )
-    _require(
-        config.history_seq_len >= 0,
-        f"history_seq_len: expected >= 0, got {config.history_seq_len}",
-    )
-    _require(
-        config.candidate_seq_len >= 1,
-        f"candidate_seq_len: expected >= 1, got {config.candidate_seq_len}",
-    )
-    _require(
-        config.product_surface_vocab_size >= 1,
-        f"product_surface_vocab_size: expected >= 1, got {config.product_surface_vocab_size}",
-    )
-    _require(
-        jnp.dtype(config.fprop_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)),
-        f"fprop_dtype: expected float32 or bfloat16, got {config.fprop_dtype}",
-    )
+        names = tuple(field.name for field in dataclasses.fields(self))
+        _normalise_numbers(self, names, ())
+        for name in names:
+            value = getattr(self, name)
+            _require(value >= 1, f"{name}: expected a positive int, got {value}")
 
 
 @dataclasses.dataclass(frozen=True)
-class PhoenixModelConfig:
-    """The ranking model (seed fields and defaults)."""
+class PhoenixConfig:
+    """The fields and checks both Phoenix models share (the seed's fields and defaults).
+
+    `model` and `emb_size` may be passed by position, every other field by keyword only: the
+    seed's two configs order them differently, so a positional value would be ambiguous.
+    `candidate_seq_len` is the candidate count the ranker is trained and evaluated with (the
+    models themselves take any count), and `num_actions` sizes the history's action inputs
+    in both models.
+    """
 
     model: TransformerConfig
     emb_size: int
+    _: dataclasses.KW_ONLY
     num_actions: int = len(ACTIONS)
     history_seq_len: int = 128
     candidate_seq_len: int = 32
-    name: str | None = None
     fprop_dtype: type = jnp.bfloat16
     hash_config: HashConfig = dataclasses.field(default_factory=HashConfig)
     product_surface_vocab_size: int = 16
 
     def __post_init__(self):
-        _check_model_config(self)
-        _require(self.num_actions >= 1, f"num_actions: expected >= 1, got {self.num_actions}")
+        _require(
+            isinstance(self.model, TransformerConfig),
+            f"model: expected a TransformerConfig, got {type(self.model).__name__}",
+        )
+        _require(
+            isinstance(self.hash_config, HashConfig),
+            f"hash_config: expected a HashConfig, got {type(self.hash_config).__name__}",
+        )
+        lower_bounds = {
+            "emb_size": 1,
+            "num_actions": 1,
+            "history_seq_len": 0,
+            "candidate_seq_len": 1,
+            "product_surface_vocab_size": 1,
+        }
+        _normalise_numbers(self, tuple(lower_bounds), ())
+        _require(
+            self.model.emb_size == self.emb_size,
+            f"model.emb_size: expected emb_size={self.emb_size}, got {self.model.emb_size}",
+        )
+        for name, low in lower_bounds.items():
+            value = getattr(self, name)
+            _require(value >= low, f"{name}: expected >= {low}, got {value}")
+        _require(
+            jnp.dtype(self.fprop_dtype) in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)),
+            f"fprop_dtype: expected float32 or bfloat16, got {self.fprop_dtype}",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
-class PhoenixRetrievalModelConfig:
-    """The two-tower retrieval model (seed fields and defaults)."""
+class PhoenixModelConfig(PhoenixConfig):
+    """The ranking model."""
 
-    model: TransformerConfig
-    emb_size: int
-    history_seq_len: int = 128
-    candidate_seq_len: int = 32
-    name: str | None = None
-    fprop_dtype: type = jnp.bfloat16
-    hash_config: HashConfig = dataclasses.field(default_factory=HashConfig)
-    product_surface_vocab_size: int = 16
-    num_actions: int = len(ACTIONS)
 
-    def __post_init__(self):
-        _check_model_config(self)
-        _require(self.num_actions >= 1, f"num_actions: expected >= 1, got {self.num_actions}")
+@dataclasses.dataclass(frozen=True)
+class PhoenixRetrievalModelConfig(PhoenixConfig):
+    """The two-tower retrieval model (`candidate_seq_len` is unused by retrieval itself)."""
+
+
+def transformer_config(
+    emb_size: int,
+    key_size: int,
+    num_q_heads: int,
+    num_kv_heads: int,
+    num_layers: int,
+    **options,
+) -> TransformerConfig:
+    """The one builder of this library's transformer configs: the seed demo's widening factor
+    2 and the logit scale `1/sqrt(key_size)` (the demo's 0.125 at key 64); `options` set any
+    other field or replace these two."""
+    values = dict(widening_factor=2.0)
+    if _is_int(key_size) and key_size >= 1:  # else TransformerConfig names the bad key_size
+        values["attn_output_multiplier"] = 1.0 / math.sqrt(key_size)
+    values.update(options)
+    return TransformerConfig(
+        emb_size=emb_size,
+        key_size=key_size,
+        num_q_heads=num_q_heads,
+        num_kv_heads=num_kv_heads,
+        num_layers=num_layers,
+        **values,
+    )
 
 
 def demo_transformer_config(**overrides) -> TransformerConfig:
     """The seed demo's transformer (SPEC 6): emb 128, key 64, 2/2 heads, 2 layers."""
-    values = dict(
-        emb_size=128,
-        key_size=64,
-        num_q_heads=2,
-        num_kv_heads=2,
-        num_layers=2,
-        widening_factor=2.0,
-        attn_output_multiplier=0.125,
-    )
-    values.update(overrides)
-    return TransformerConfig(**values)
+    sizes = dict(emb_size=128, key_size=64, num_q_heads=2, num_kv_heads=2, num_layers=2)
+    return transformer_config(**{**sizes, **overrides})
 
 
 def demo_ranker_config(fprop_dtype=jnp.bfloat16, **transformer_overrides) -> PhoenixModelConfig:

@@ -1,8 +1,11 @@
 """Inputs and outputs of the models, as pytrees with jaxtyping shapes, and their checks."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .config import ACTIONS
@@ -59,16 +62,28 @@ class RankingOutput(eqx.Module):
     ranked_indices: Int[Array, "batch candidates"]
     candidate_valid: Bool[Array, "batch candidates"]
 
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """The seed's names of this model's actions (the first `num_actions` of `ACTIONS`)."""
+        return ACTIONS[: self.probabilities.shape[-1]]
+
     def action(self, name: str) -> Float[Array, "batch candidates"]:
         """Probability of one action by name, e.g. `output.action("repost_score")`."""
-        if name not in ACTIONS[: self.probabilities.shape[-1]]:
-            raise ValueError(f"name: expected one of {ACTIONS}, got {name!r}")
-        return self.probabilities[..., ACTIONS.index(name)]
+        names = self.action_names
+        if name not in names:
+            beyond = (
+                f" ({name!r} is action {ACTIONS.index(name)}, beyond this model's "
+                f"{self.probabilities.shape[-1]} actions)"
+                if name in ACTIONS
+                else ""
+            )
+            raise ValueError(f"name: expected one of {names}{beyond}, got {name!r}")
+        return self.probabilities[..., names.index(name)]
 
     @property
     def by_action(self) -> dict[str, Float[Array, "batch candidates"]]:
-        """Each action's probabilities, keyed by the seed's action names."""
-        return {name: self.probabilities[..., i] for i, name in enumerate(ACTIONS)}
+        """Each named action's probabilities, keyed by the seed's action names."""
+        return {name: self.probabilities[..., i] for i, name in enumerate(self.action_names)}
 
 
 class RetrievalOutput(eqx.Module):
@@ -84,14 +99,57 @@ def _expect(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+_INTEGER_FIELDS = (
+    "user_hashes",
+    "history_post_hashes",
+    "history_author_hashes",
+    "history_product_surface",
+    "candidate_post_hashes",
+    "candidate_author_hashes",
+    "candidate_product_surface",
+)
+
+
+def _check_dtypes(batch: RecsysBatch, embeddings: RecsysEmbeddings) -> None:
+    """Ids and surfaces are integers, actions and embeddings floats; actions are 0 or 1 (checked
+    when concrete: under `jit` the values are unknown, and a per-call device check would
+    cost a host sync on the serving path)."""
+    for name in _INTEGER_FIELDS:
+        dtype = getattr(batch, name).dtype
+        _expect(
+            jnp.issubdtype(dtype, jnp.integer),
+            f"batch.{name}: expected an integer dtype, got {dtype}",
+        )
+    actions = batch.history_actions
+    _expect(
+        jnp.issubdtype(actions.dtype, jnp.floating),
+        f"batch.history_actions: expected a floating dtype (0/1 multi-hot), got {actions.dtype}",
+    )
+    if not isinstance(actions, jax.core.Tracer) and actions.size:
+        values = np.asarray(actions)
+        others = values[(values != 0) & (values != 1)]
+        _expect(
+            others.size == 0,
+            f"batch.history_actions: expected values in {{0, 1}}, got {others.size} others, "
+            f"e.g. {others[:3].tolist()}",
+        )
+    for field in dataclasses.fields(embeddings):
+        dtype = getattr(embeddings, field.name).dtype
+        _expect(
+            jnp.issubdtype(dtype, jnp.floating),
+            f"embeddings.{field.name}: expected a floating dtype, got {dtype}",
+        )
+
+
 def check_inputs(
     batch: RecsysBatch, embeddings: RecsysEmbeddings, config, *, needs_candidates: bool
 ) -> None:
     """Check a batch and its embeddings against each other and a model config, before compute.
 
     `config` is a `PhoenixModelConfig` or `PhoenixRetrievalModelConfig`. Raises a ValueError
-    naming the field and the expected vs actual shape.
+    naming the field and the expected vs actual shape or dtype.
     """
+    _check_dtypes(batch, embeddings)
     emb_size, history_seq_len = config.emb_size, config.history_seq_len
     num_actions, hash_config = config.num_actions, config.hash_config
     num_users = batch.user_hashes.shape[0]

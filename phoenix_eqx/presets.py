@@ -16,11 +16,14 @@ seed's demo), the logit scale (`1/sqrt(key_size)`, which is the demo's 0.125 at 
 the retrieval tower's depth (8 layers, as the ranker).
 """
 
-import math
-
 import jax.numpy as jnp
 
-from .config import PhoenixModelConfig, PhoenixRetrievalModelConfig, TransformerConfig
+from .config import (
+    PhoenixModelConfig,
+    PhoenixRetrievalModelConfig,
+    TransformerConfig,
+    transformer_config,
+)
 
 PRODUCTION_OPTIONS = dict(
     history_attention="bidirectional",
@@ -42,18 +45,14 @@ def production_transformer_config(
     **overrides,
 ) -> TransformerConfig:
     """A transformer with every production option on; `overrides` replace any field."""
-    values = dict(
-        emb_size=emb_size,
-        key_size=key_size,
-        num_q_heads=num_q_heads,
-        num_kv_heads=num_kv_heads,
-        num_layers=num_layers,
-        widening_factor=2.0,
-        attn_output_multiplier=1.0 / math.sqrt(key_size),
-        **PRODUCTION_OPTIONS,
+    return transformer_config(
+        emb_size,
+        key_size,
+        num_q_heads,
+        num_kv_heads,
+        num_layers,
+        **{**PRODUCTION_OPTIONS, **overrides},
     )
-    values.update(overrides)
-    return TransformerConfig(**values)
 
 
 def _transformer(

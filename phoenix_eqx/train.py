@@ -11,29 +11,30 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import platform
 import sys
 import time
 from pathlib import Path
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .config import HashConfig, PhoenixModelConfig, PhoenixRetrievalModelConfig, TransformerConfig
+from .config import (
+    HashConfig,
+    PhoenixModelConfig,
+    PhoenixRetrievalModelConfig,
+    transformer_config,
+)
 from .data import (
     InteractionData,
     RankingStream,
     RetrievalStream,
-    SequenceSplit,
-    eval_ranking_example,
-    eval_users_batch,
     leave_last_out,
     load_movielens_100k,
     synthetic_interactions,
@@ -41,21 +42,19 @@ from .data import (
 from .training import (
     TrainableRanker,
     TrainableRetriever,
+    evaluate_ranking,
+    evaluate_retrieval,
     init_optimizer,
     item_knn_scores,
     load_checkpoint,
     make_train_step,
     popularity_scores,
-    ranking_metrics,
     ranking_objective,
-    relevance_from_targets,
-    retrieval_metrics,
     retrieval_objective,
+    retrieval_scores,
     save_checkpoint,
     svd_scores,
 )
-
-EVAL_CHUNK = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +77,6 @@ class TrainOptions:
     seed: int = 0
 
 
-def _transformer(options: TrainOptions) -> TransformerConfig:
-    return TransformerConfig(
-        emb_size=options.emb_size,
-        key_size=options.key_size,
-        num_q_heads=options.num_heads,
-        num_kv_heads=options.num_heads,
-        num_layers=options.num_layers,
-        widening_factor=2.0,
-        attn_output_multiplier=1.0 / math.sqrt(options.key_size),
-        history_attention=options.history_attention,
-    )
-
-
 def _hash_config(data: InteractionData) -> HashConfig:
     return HashConfig(
         num_user_hashes=data.user_hashes.shape[1],
@@ -99,31 +85,39 @@ def _hash_config(data: InteractionData) -> HashConfig:
     )
 
 
-def retrieval_config(data: InteractionData, options: TrainOptions) -> PhoenixRetrievalModelConfig:
-    return PhoenixRetrievalModelConfig(
-        model=_transformer(options),
+def _model_config(config_type, data: InteractionData, options: TrainOptions, **fields):
+    """Either model's config: the options' transformer, float32, the data's hashes and surfaces."""
+    transformer = transformer_config(
+        options.emb_size,
+        options.key_size,
+        options.num_heads,
+        options.num_heads,
+        options.num_layers,
+        history_attention=options.history_attention,
+    )
+    return config_type(
+        model=transformer,
         emb_size=options.emb_size,
         history_seq_len=options.history_len,
-        candidate_seq_len=1,
         fprop_dtype=jnp.float32,
         hash_config=_hash_config(data),
         product_surface_vocab_size=data.num_surfaces,
+        **fields,
     )
+
+
+def retrieval_config(data: InteractionData, options: TrainOptions) -> PhoenixRetrievalModelConfig:
+    return _model_config(PhoenixRetrievalModelConfig, data, options, candidate_seq_len=1)
 
 
 def ranking_config(data: InteractionData, options: TrainOptions) -> PhoenixModelConfig:
-    return PhoenixModelConfig(
-        model=_transformer(options),
-        emb_size=options.emb_size,
-        history_seq_len=options.history_len,
-        candidate_seq_len=options.num_candidates,
-        fprop_dtype=jnp.float32,
-        hash_config=_hash_config(data),
-        product_surface_vocab_size=data.num_surfaces,
+    return _model_config(
+        PhoenixModelConfig, data, options, candidate_seq_len=options.num_candidates
     )
 
 
-def _optimizer(options: TrainOptions, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(options: TrainOptions, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with global-norm clipping and a warm-up, cosine-decay schedule over the run."""
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, options.learning_rate, max(1, min(200, total_steps // 10)), max(total_steps, 1)
     )
@@ -158,15 +152,17 @@ def train_loop(
     With `checkpoint`, resumes from it when it exists and rewrites it every epoch.
     """
     total = max(1, round(epochs * stream.steps_per_epoch))
-    optimizer = _optimizer(options, total)
+    optimizer = make_optimizer(options, total)
     opt_state = init_optimizer(optimizer, model)
     step_fn = make_train_step(objective, optimizer)
     start, losses = 0, []
     if checkpoint is not None and checkpoint.exists():
         restored = load_checkpoint(checkpoint, model, opt_state)
         model, opt_state, start = restored.model, restored.opt_state, restored.step
-        losses = list(restored.data_position["losses"])
-        console.print(f"{name}: resumed from {checkpoint} at step {start}")
+        # A checkpoint saved through the library API may carry no (or another) data position.
+        position = restored.data_position
+        losses = list(position.get("losses", [])) if isinstance(position, dict) else []
+        console.print(escape(f"{name}: resumed from {checkpoint} at step {start}"))
     with _progress(console) as progress:
         task = progress.add_task(f"train {name}", total=total, completed=start, loss=float("nan"))
         for step in range(start, total):
@@ -180,76 +176,6 @@ def train_loop(
     return model, losses
 
 
-@eqx.filter_jit
-def _encode_users(model: TrainableRetriever, batch):
-    return model.encode_users(batch)
-
-
-@eqx.filter_jit
-def _encode_items(model: TrainableRetriever, post_hashes, author_hashes):
-    return model.encode_items(post_hashes, author_hashes)
-
-
-@eqx.filter_jit
-def _probabilities(model: TrainableRanker, batch):
-    return jax.nn.sigmoid(model(batch).astype(jnp.float32))
-
-
-def _chunks(users: np.ndarray):
-    """Fixed-size chunks (the last padded by repeating users), so each jit compiles once."""
-    for start in range(0, len(users), EVAL_CHUNK):
-        chunk = users[start : start + EVAL_CHUNK]
-        yield np.resize(chunk, EVAL_CHUNK), len(chunk)
-
-
-def retrieval_scores(model: TrainableRetriever, split: SequenceSplit, users: np.ndarray):
-    """Scores `[users, num_items + 1]` of every corpus item (column 0 is padding)."""
-    data = split.data
-    corpus = _encode_items(model, jnp.asarray(data.post_hashes), jnp.asarray(data.author_hashes))
-    rows = []
-    for chunk, size in _chunks(users):
-        batch = eval_users_batch(split, chunk, model.config.history_seq_len)
-        rows.append(np.asarray(_encode_users(model, batch) @ corpus.T)[:size])
-    return np.concatenate(rows)
-
-
-def evaluate_retrieval(scores: np.ndarray, split: SequenceSplit, users: np.ndarray):
-    """Recall / HitRate / NDCG @ 10, 50, 100 of the held-out item, ranking every item but the
-    user's training items."""
-    relevant = relevance_from_targets(split.test_items[users], split.data.num_items + 1)
-    exclude = split.train_matrix()[users]
-    exclude[:, 0] = True
-    return retrieval_metrics(scores, relevant, exclude)
-
-
-def evaluate_ranking(model: TrainableRanker, split: SequenceSplit, users: np.ndarray, seed: int):
-    """Per-action metrics of the held-out item among unseen items (all labels 0), for the model
-    and for a popularity scorer (training counts; its ROC-AUC and PR-AUC only, as its scores
-    are not probabilities)."""
-    config = model.config
-    probabilities, labels, valid, candidates = [], [], [], []
-    for chunk, size in _chunks(users):
-        example = eval_ranking_example(
-            split, chunk, config.candidate_seq_len, config.history_seq_len, seed
-        )
-        probabilities.append(np.asarray(_probabilities(model, example.batch))[:size])
-        labels.append(np.asarray(example.labels)[:size])
-        valid.append(np.asarray(example.batch.candidate_valid)[:size])
-        candidates.append(np.asarray(example.batch.candidate_post_hashes[..., 0])[:size])
-    labels, valid = np.concatenate(labels), np.concatenate(valid)
-    counts = split.train_matrix().sum(axis=0)
-    # The first post hash is the item id in both datasets.
-    popularity = counts[np.concatenate(candidates)] / counts.max()
-    popularity = np.repeat(popularity[..., None], labels.shape[-1], axis=-1)
-    return {
-        "phoenix_ranker": ranking_metrics(np.concatenate(probabilities), labels, valid),
-        "popularity": {
-            action: {name: values[name] for name in ("roc_auc", "pr_auc")}
-            for action, values in ranking_metrics(popularity, labels, valid).items()
-        },
-    }
-
-
 def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
     try:
         import matplotlib
@@ -257,7 +183,9 @@ def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        console.print("matplotlib is not installed (pip install 'phoenix-eqx[plot]'): no PNG")
+        console.print(
+            escape("matplotlib is not installed (pip install 'phoenix-eqx[plot]'): no PNG")
+        )
         return
     figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
     for axis, (name, losses) in zip(axes[0], curves.items(), strict=True):
@@ -270,7 +198,7 @@ def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
-    console.print(f"loss curves: {path}")
+    console.print(escape(f"loss curves: {path}"))
 
 
 def _retrieval_table(results: dict[str, dict[str, float]]) -> Table:
@@ -402,7 +330,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     }
     if args.metrics_json:
         Path(args.metrics_json).write_text(json.dumps(report, indent=2))
-        console.print(f"metrics: {args.metrics_json}")
+        console.print(escape(f"metrics: {args.metrics_json}"))
     if args.plot:
         _plot(Path(args.plot), curves, console)
     console.print(f"done in {report['seconds']} s")

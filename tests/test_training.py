@@ -1,7 +1,6 @@
 """Training end to end on synthetic data, jitted steps, checkpoints, gradients through attention."""
 
 import json
-import math
 import os
 
 import equinox as eqx
@@ -17,17 +16,20 @@ from phoenix_eqx import (
     PhoenixRetrievalModelConfig,
     TransformerConfig,
 )
+from phoenix_eqx.config import transformer_config
 from phoenix_eqx.data import RankingStream, RetrievalStream, leave_last_out, synthetic_interactions
-from phoenix_eqx.train import evaluate_ranking, evaluate_retrieval, retrieval_scores
 from phoenix_eqx.training import (
     TrainableRanker,
     TrainableRetriever,
+    evaluate_ranking,
+    evaluate_retrieval,
     init_optimizer,
     load_checkpoint,
     make_eval_step,
     make_train_step,
     ranking_objective,
     retrieval_objective,
+    retrieval_scores,
     save_checkpoint,
 )
 
@@ -37,17 +39,8 @@ EMB = 16
 
 
 def _transformer(**overrides) -> TransformerConfig:
-    values = dict(
-        emb_size=EMB,
-        key_size=8,
-        num_q_heads=2,
-        num_kv_heads=1,
-        num_layers=1,
-        widening_factor=2.0,
-        attn_output_multiplier=1 / math.sqrt(8),
-    )
-    values.update(overrides)
-    return TransformerConfig(**values)
+    sizes = dict(emb_size=EMB, key_size=8, num_q_heads=2, num_kv_heads=1, num_layers=1)
+    return transformer_config(**{**sizes, **overrides})
 
 
 def _hash_config(data) -> HashConfig:
@@ -125,17 +118,20 @@ def test_retrieval_learns_the_planted_structure(split):
     assert float(model.temperature) != pytest.approx(0.1)  # the temperature is learned
 
 
-def test_ranking_learns_actions_of_held_out_items():
-    """Held-out items among unseen ones: ROC-AUC above chance (popularity alone gets ~0.63 on
-    this data, a perfect model ~0.8: the task is hard, the check is that learning transfers)."""
+def test_ranking_beats_popularity_on_held_out_items():
+    """Held-out items among unseen ones: popularity alone gets a ROC-AUC of ~0.63 on this
+    data, a perfect model ~0.8; three epochs put the ranker clearly above popularity (~0.73 to
+    0.78 across seeds), so it has learned the users' tastes, not only what is popular."""
     split = leave_last_out(synthetic_interactions(num_users=300, num_items=100, sharpness=8.0))
     model = _ranker(split.data)
     stream = RankingStream(split, 64, 8, 4, seed=0)
-    model, _, losses = _train(model, stream, ranking_objective, 80)
+    model, _, losses = _train(model, stream, ranking_objective, 250)
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
-    metrics = evaluate_ranking(model, split, split.test_users, seed=0)["phoenix_ranker"]
-    assert metrics["click_score"]["roc_auc"] > 0.55
-    assert metrics["favorite_score"]["roc_auc"] > 0.55
+    results = evaluate_ranking(model, split, split.test_users, seed=0)
+    for action in ("favorite_score", "click_score"):
+        ranker = results["phoenix_ranker"][action]["roc_auc"]
+        popularity = results["popularity"][action]["roc_auc"]
+        assert ranker > popularity + 0.03, (action, ranker, popularity)
 
 
 def test_eval_step_matches_the_training_objective(split):
@@ -224,7 +220,7 @@ def test_checkpoint_from_another_config_is_rejected(split, tmp_path):
     save_checkpoint(path, model, init_optimizer(optimizer, model), step=0)
 
     other = _retriever(split.data, num_layers=2)
-    with pytest.raises(ValueError, match="expected model config"):
+    with pytest.raises(ValueError, match="model.num_layers: saved 1, expected 2"):
         load_checkpoint(path, other, init_optimizer(optimizer, other))
     sgd = optax.sgd(0.1)
     with pytest.raises(ValueError, match="arrays differ"):

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import ACTIONS
 from ..inputs import RecsysBatch
-from ..training.models import RankingExample, RetrievalExample
+from .examples import RankingExample, RetrievalExample
 from .interactions import SequenceSplit
 
 
@@ -46,16 +46,29 @@ def make_batch(
 def sample_unseen(
     rng: np.random.Generator, seen: np.ndarray, users: np.ndarray, count: int
 ) -> np.ndarray:
-    """`[len(users), count]` items drawn uniformly among those each user never interacted with
-    (`seen` is a `[users, items]` mask whose column 0, padding, counts as seen)."""
+    """`[len(users), count]` items drawn uniformly (with replacement) among those each user
+    never interacted with (`seen` is a `[users, items]` mask whose column 0, padding, counts
+    as seen). Raises a ValueError when a user has fewer than `count` unseen items."""
+    users = np.asarray(users)
+    unseen_counts = (~seen[users]).sum(axis=1)
+    if users.size and count > unseen_counts.min():
+        row = int(np.argmin(unseen_counts))
+        raise ValueError(
+            f"count: expected at most the {unseen_counts[row]} items user {users[row]} has not "
+            f"seen, got {count}"
+        )
     num_items = seen.shape[1] - 1
     items = rng.integers(1, num_items + 1, size=(users.shape[0], count))
     # Redraw the collisions; users see a small fraction of the items, so this ends quickly.
     for _ in range(100):
         bad = seen[users[:, None], items]
         if not bad.any():
-            break
+            return items
         items[bad] = rng.integers(1, num_items + 1, size=int(bad.sum()))
+    # Users who have seen nearly everything: draw their remaining slots from their unseen set.
+    for row in np.flatnonzero(seen[users[:, None], items].any(axis=1)):
+        bad = seen[users[row], items[row]]
+        items[row, bad] = rng.choice(np.flatnonzero(~seen[users[row]]), size=int(bad.sum()))
     return items
 
 

@@ -5,7 +5,7 @@ exactly the chance level and no metric depends on the order of users or items.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
@@ -30,6 +30,9 @@ def _pair(scores, labels, name: str) -> tuple[np.ndarray, np.ndarray]:
 def roc_auc(scores: Float[np.ndarray, " n"], labels: Float[np.ndarray, " n"]) -> float:
     """Area under the ROC curve (Mann-Whitney U, ties count half); NaN without both classes."""
     scores, labels = _pair(scores, labels, "labels")
+    # NaN has no rank: np.unique would sort it above every score.
+    if np.isnan(scores).any():
+        raise ValueError(f"scores: expected no NaN, got {int(np.isnan(scores).sum())} NaN scores")
     num_pos, num_neg = int(labels.sum()), int((~labels).sum())
     if num_pos == 0 or num_neg == 0:
         return float("nan")
@@ -168,15 +171,22 @@ def per_user_retrieval_metrics(
             ranked, target_scores, side="left"
         )
         for k in ks:
-            # Its position is uniform over above+1 .. above+ties.
-            last = np.clip(k, above, above + ties)
-            hit_probability = (last - above) / ties
-            expected_gain = (discounts[last] - discounts[above]) / ties
+            hit_probability, expected_gain = _tied_position_gains(above, ties, k, discounts)
             ideal = discounts[min(num_relevant, k)]
             out[f"recall@{k}"][user] = hit_probability.sum() / num_relevant
             out[f"ndcg@{k}"][user] = expected_gain.sum() / ideal
             out[f"hit_rate@{k}"][user] = _hit_rate(user_scores, user_relevant, k)
     return out
+
+
+def _tied_position_gains(
+    above: np.ndarray, ties: np.ndarray, k: int, discounts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(in the top k) and expected discount `1/log2(position+1)` within the top k of items
+    with `above` items scored strictly higher and `ties` (themselves included) scored the same:
+    under a random tie-break the position is uniform over above+1 .. above+ties."""
+    last = np.clip(k, above, above + ties)
+    return (last - above) / ties, (discounts[last] - discounts[above]) / ties
 
 
 def _hit_rate(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
@@ -225,3 +235,88 @@ def relevance_from_targets(
     has = targets >= 0
     mask[np.flatnonzero(has), targets[has]] = True
     return mask
+
+
+FULL_RANKING_KS: tuple[int, ...] = (10, 20, 50)
+ScoreRows = Callable[[Int[np.ndarray, " chunk"]], Float[np.ndarray, "chunk items"]]
+
+
+def full_ranking_metrics(
+    scores: Float[np.ndarray, "users items"] | ScoreRows,
+    targets: Int[np.ndarray, " users"],
+    seen: Bool[np.ndarray, "users items"],
+    ks: Sequence[int] = FULL_RANKING_KS,
+    *,
+    ranked_items: Bool[np.ndarray, " items"] | None = None,
+    chunk_size: int = 256,
+) -> dict[str, dict[str, float]]:
+    """HitRate@K and NDCG@K of one held-out item per user, ranking the whole corpus.
+
+    `scores`: the `[users, items]` scores, or a function of row indices (at most `chunk_size`
+    of `0..users-1`) returning those rows' scores, so that all scores never exist at once.
+    `targets[u]`: user u's held-out item; `seen[u]`: the items u interacted with before it.
+    `ranked_items`: the items that take part (None: all; e.g. False for a padding column);
+    every target must be one of them.
+
+    Returns `{"seen_excluded": m, "seen_included": m}`, `m` holding `hit_rate@K` and `ndcg@K`
+    averaged over users: with each user's seen items removed from the ranking, and ranked like
+    any other item. With one target per user HitRate@K = Recall@K. A target among the user's
+    seen items cannot be recommended once they are excluded: such a user counts in
+    `seen_included` only (as in `per_user_retrieval_metrics`, relevant and excluded counts as
+    neither).
+
+    Ties count by exact expectation, as everywhere in this module: a target tied with others
+    sits at each of their positions with equal probability (a random tie-break, averaged), so
+    constant scores give exactly the chance level and item order never matters.
+    """
+    targets, seen = np.asarray(targets), np.asarray(seen, bool)
+    if targets.ndim != 1:
+        raise ValueError(f"targets: expected shape (users,), got {targets.shape}")
+    if seen.ndim != 2 or seen.shape[0] != targets.shape[0]:
+        raise ValueError(f"seen: expected shape ({targets.shape[0]}, items), got {seen.shape}")
+    num_users, num_items = seen.shape
+    ranked = np.ones(num_items, bool) if ranked_items is None else np.asarray(ranked_items, bool)
+    if ranked.shape != (num_items,):
+        raise ValueError(f"ranked_items: expected shape ({num_items},), got {ranked.shape}")
+    if num_users and (targets.min() < 0 or targets.max() >= num_items):
+        raise ValueError(
+            f"targets: expected ids in [0, {num_items}), got [{targets.min()}, {targets.max()}]"
+        )
+    if not ranked[targets].all():
+        raise ValueError(f"targets: expected ranked items, got {targets[~ranked[targets]]}")
+    for k in ks:
+        if not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"ks: expected positive ints, got {k!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected at least 1, got {chunk_size}")
+    if callable(scores):
+        score_rows = scores
+    else:
+        matrix = np.asarray(scores)
+        if matrix.shape != seen.shape:
+            raise ValueError(f"scores: expected shape {seen.shape} like seen, got {matrix.shape}")
+        score_rows = matrix.__getitem__
+
+    discounts = _discount_sums(int(ranked.sum()))
+    modes = ("seen_excluded", "seen_included")
+    per_user = {mode: {f"{n}@{k}": [] for k in ks for n in ("hit_rate", "ndcg")} for mode in modes}
+    for start in range(0, num_users, chunk_size):
+        rows = np.arange(start, min(start + chunk_size, num_users))
+        chunk = np.asarray(score_rows(rows), np.float64)
+        if chunk.shape != (rows.size, num_items):
+            raise ValueError(f"scores: expected ({rows.size}, {num_items}) rows, got {chunk.shape}")
+        if np.isnan(chunk).any():
+            raise ValueError("scores: expected no NaN")
+        target_scores = chunk[np.arange(rows.size), targets[rows], None]
+        for mode, competing in zip(modes, (ranked & ~seen[rows], ranked[None]), strict=True):
+            counted = np.broadcast_to(competing, chunk.shape)[np.arange(rows.size), targets[rows]]
+            above = ((chunk > target_scores) & competing).sum(axis=1)
+            ties = np.maximum(((chunk == target_scores) & competing).sum(axis=1), 1)
+            for k in ks:
+                hit, gain = _tied_position_gains(above, ties, k, discounts)
+                per_user[mode][f"hit_rate@{k}"].append(np.where(counted, hit, np.nan))
+                per_user[mode][f"ndcg@{k}"].append(np.where(counted, gain, np.nan))
+    return {
+        mode: {name: _nan_mean(np.concatenate(values or [[]])) for name, values in metrics.items()}
+        for mode, metrics in per_user.items()
+    }

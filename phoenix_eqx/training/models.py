@@ -1,4 +1,4 @@
-"""Trainable bundles (embedding tables + model) and the training examples they consume."""
+"""Trainable bundles (embedding tables + model) and their objectives on training examples."""
 
 import math
 
@@ -8,34 +8,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 
 from ..config import PhoenixModelConfig, PhoenixRetrievalModelConfig
-from ..embedding import HashEmbeddingTables, lookup_rows
+from ..data.examples import RankingExample, RetrievalExample
+from ..embedding import HashEmbeddingTables
 from ..inputs import RecsysBatch
 from ..ranker import PhoenixModel
 from ..retrieval import PhoenixRetrievalModel
 from .losses import ranking_loss, retrieval_loss
 
 INITIAL_TEMPERATURE = 0.1
-
-
-class RankingExample(eqx.Module):
-    """A ranking batch: users, histories and candidates, with each candidate's action labels."""
-
-    batch: RecsysBatch
-    labels: Float[Array, "batch candidates actions"]
-
-
-class RetrievalExample(eqx.Module):
-    """A retrieval batch: each user's history and one positive (its only candidate), plus
-    extra sampled negatives shared by the batch (possibly none).
-
-    `*_log_q` are the log sampling probabilities of the logQ correction.
-    """
-
-    batch: RecsysBatch
-    positive_log_q: Float[Array, " batch"]
-    negative_post_hashes: Int[Array, "negatives item_hashes"]
-    negative_author_hashes: Int[Array, "negatives author_hashes"]
-    negative_log_q: Float[Array, " negatives"]
 
 
 class TrainableRanker(eqx.Module):
@@ -102,8 +82,8 @@ class TrainableRetriever(eqx.Module):
     def temperature(self) -> Scalar:
         return jnp.exp(self.log_temperature)
 
-    def encode_users(self, batch: RecsysBatch) -> Float[Array, "batch emb"]:
-        """Unit user vectors (float32)."""
+    def user_vectors(self, batch: RecsysBatch) -> Float[Array, "batch emb"]:
+        """Unit user vectors (float32) of a batch of ids: `encode_users` without the norms."""
         users, _ = self.model.encode_users(batch, self.tables(batch))
         return users
 
@@ -112,16 +92,10 @@ class TrainableRetriever(eqx.Module):
         post_hashes: Int[Array, "*items item_hashes"],
         author_hashes: Int[Array, "*items author_hashes"],
     ) -> Float[Array, "*items emb"]:
-        """Unit item vectors from the candidate tower, for any leading shape (float32)."""
-        if post_hashes.shape[:-1] != author_hashes.shape[:-1]:
-            raise ValueError(
-                f"author_hashes: expected leading shape {post_hashes.shape[:-1]} like "
-                f"post_hashes, got {author_hashes.shape}"
-            )
-        post = lookup_rows(self.tables.post_table, post_hashes, "post_hashes")
-        author = lookup_rows(self.tables.author_table, author_hashes, "author_hashes")
-        tower_input = jnp.concatenate([post, author], axis=-2)
-        return self.model.candidate_tower(tower_input).astype(jnp.float32)
+        """Unit item vectors (`PhoenixRetrievalModel.encode_items` of the tables' rows), for any
+        leading shape (float32)."""
+        post, author = self.tables.item_embeddings(post_hashes, author_hashes)
+        return self.model.encode_items(post, author).astype(jnp.float32)
 
 
 def ranking_objective(
@@ -146,7 +120,7 @@ def retrieval_objective(
             f"example.batch.candidate_post_hashes: expected one candidate (the positive) per "
             f"user, got shape {batch.candidate_post_hashes.shape}"
         )
-    users = model.encode_users(batch)
+    users = model.user_vectors(batch)
     positives = model.encode_items(
         batch.candidate_post_hashes[:, 0], batch.candidate_author_hashes[:, 0]
     )
