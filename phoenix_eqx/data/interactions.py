@@ -2,10 +2,12 @@
 
 An `InteractionData` holds (user, item, rating, timestamp) rows plus, for every user and item,
 the ids its hashes look up in the `HashEmbeddingTables` (0 = padding). `leave_last_out` orders
-each user's interactions by time and holds out the last one for testing.
+each user's interactions by time and holds out the last one for testing, or (`held_out=2`)
+the last for testing and the second-last for validation.
 """
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 
@@ -103,34 +105,76 @@ class InteractionData:
         return self.users.shape[0]
 
 
+Stage = Literal["validation", "test"]
+
+
+def _check_held_out(held_out: int) -> None:
+    if held_out not in (1, 2):
+        raise ValueError(f"held_out: expected 1 or 2, got {held_out!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class SequenceSplit:
-    """Each user's interactions in time order, the last one held out (leave-last-out).
+    """Each user's interactions in time order, the last `held_out` of them held out.
 
     `items[u, :lengths[u]]` is user `u`'s chronological sequence (zero-padded after), `actions`
-    its multi-hot actions. The first `train_lengths[u] = lengths[u] - 1` items are for training
-    and history; `test_items[u]` is the held-out last item (0 for users with fewer than two).
+    its multi-hot actions. With `held_out=1` (leave-last-out) the last item is the test target;
+    with `held_out=2` (leave-two-out, the protocol of the published MovieLens-1M results) the
+    last is the test target and the second-last the validation target. The items before them
+    (`train_lengths[u]` of them) are for training.
+
+    Users with at most `held_out` interactions are left out entirely: no training items and no
+    targets (target 0), so that training, validation and test cover the same users.
     """
 
     data: InteractionData
     items: np.ndarray
     actions: np.ndarray
     lengths: np.ndarray
+    held_out: int = 1
+
+    def __post_init__(self):
+        _check_held_out(self.held_out)
+
+    @property
+    def evaluated(self) -> np.ndarray:
+        """Bool per user: has training items and targets (more than `held_out` items)."""
+        return self.lengths > self.held_out
 
     @property
     def train_lengths(self) -> np.ndarray:
-        return np.maximum(self.lengths - 1, 0) * (self.lengths >= 2)
+        return np.where(self.evaluated, self.lengths - self.held_out, 0)
+
+    def history_lengths(self, stage: Stage) -> np.ndarray:
+        """Per user, the number of items before the `stage` target (its position in `items`),
+        0 for users left out. For `"test"` under leave-two-out, this includes the validation
+        item: the model sees it as history when predicting the test item."""
+        if stage == "test":
+            return np.where(self.evaluated, self.lengths - 1, 0)
+        if stage == "validation" and self.held_out == 2:
+            return self.train_lengths
+        raise ValueError(
+            f"stage: expected 'test' or (with held_out=2) 'validation', got {stage!r} "
+            f"with held_out={self.held_out}"
+        )
+
+    def targets(self, stage: Stage) -> np.ndarray:
+        """Per user, the held-out item of `stage` (`"validation"` or `"test"`), 0 if none."""
+        positions = self.history_lengths(stage)
+        return np.where(self.evaluated, self.items[np.arange(self.items.shape[0]), positions], 0)
 
     @property
     def test_items(self) -> np.ndarray:
-        last = np.maximum(self.lengths - 1, 0)
-        held_out = self.items[np.arange(self.items.shape[0]), last]
-        return np.where(self.lengths >= 2, held_out, 0)
+        return self.targets("test")
+
+    @property
+    def validation_items(self) -> np.ndarray:
+        return self.targets("validation")
 
     @property
     def test_users(self) -> np.ndarray:
-        """Users with a held-out item, ascending."""
-        return np.flatnonzero(self.test_items > 0)
+        """Users with held-out items, ascending."""
+        return np.flatnonzero(self.evaluated)
 
     def train_examples(self) -> np.ndarray:
         """`[n, 2]` (user, position) pairs: predict `items[user, position]` from the items
@@ -142,24 +186,32 @@ class SequenceSplit:
         ]
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
 
+    def _prefix_matrix(self, lengths: np.ndarray) -> np.ndarray:
+        """Dense bool `[num_users + 1, num_items + 1]`: item among the user's first `lengths`."""
+        matrix = np.zeros((self.data.num_users + 1, self.data.num_items + 1), bool)
+        in_prefix = np.arange(self.items.shape[1])[None, :] < lengths[:, None]
+        users = np.broadcast_to(np.arange(self.items.shape[0])[:, None], self.items.shape)
+        matrix[users[in_prefix], self.items[in_prefix]] = True
+        return matrix
+
     def train_matrix(self) -> np.ndarray:
         """Dense bool `[num_users + 1, num_items + 1]`: user interacted with item in training."""
-        matrix = np.zeros((self.data.num_users + 1, self.data.num_items + 1), bool)
-        in_train = np.arange(self.items.shape[1])[None, :] < self.train_lengths[:, None]
-        users = np.broadcast_to(np.arange(self.items.shape[0])[:, None], self.items.shape)
-        matrix[users[in_train], self.items[in_train]] = True
-        return matrix
+        return self._prefix_matrix(self.train_lengths)
+
+    def history_matrix(self, stage: Stage) -> np.ndarray:
+        """Like `train_matrix`, for the items before the `stage` target: what a user has seen
+        when it is predicted (the items to exclude from its ranking)."""
+        return self._prefix_matrix(self.history_lengths(stage))
 
     def seen_matrix(self) -> np.ndarray:
         """Like `train_matrix`, including the held-out items (for sampling true negatives)."""
-        matrix = self.train_matrix()
-        matrix[np.arange(matrix.shape[0]), self.test_items] = True
-        matrix[:, 0] = False
-        return matrix
+        return self._prefix_matrix(np.where(self.evaluated, self.lengths, 0))
 
 
-def leave_last_out(data: InteractionData) -> SequenceSplit:
-    """Sort each user's interactions by timestamp (ties keep file order) and split off the last."""
+def leave_last_out(data: InteractionData, held_out: int = 1) -> SequenceSplit:
+    """Sort each user's interactions by timestamp (ties keep file order) and hold out the last
+    `held_out` (1: test only; 2: validation then test, see `SequenceSplit`)."""
+    _check_held_out(held_out)
     order = np.lexsort((np.arange(data.num_interactions), data.timestamps, data.users))
     users, items = data.users[order], data.items[order]
     lengths = np.bincount(users, minlength=data.num_users + 1)
@@ -170,4 +222,6 @@ def leave_last_out(data: InteractionData) -> SequenceSplit:
     sequences[users, positions] = items
     actions = np.zeros((data.num_users + 1, width, len(ACTIONS)), np.float32)
     actions[users, positions] = rating_actions(data.ratings[order])
-    return SequenceSplit(data=data, items=sequences, actions=actions, lengths=lengths)
+    return SequenceSplit(
+        data=data, items=sequences, actions=actions, lengths=lengths, held_out=held_out
+    )
