@@ -15,6 +15,7 @@ from .embedding import HashEmbeddingTables, InputEmbedding
 from .example_data import create_example_batch, create_example_corpus
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
 from .ranker import PhoenixModel
+from .recommender import FitOptions, Recommender, read_interactions_csv
 from .retrieval import CandidateTower, PhoenixRetrievalModel
 from .transformer import (
     Attention,
@@ -33,6 +34,7 @@ __all__ = [
     "Attention",
     "CandidateTower",
     "DecoderLayer",
+    "FitOptions",
     "GatedGeluFFN",
     "HashConfig",
     "HashEmbeddingTables",
@@ -44,6 +46,7 @@ __all__ = [
     "PhoenixRetrievalModelConfig",
     "RMSNorm",
     "RankingOutput",
+    "Recommender",
     "RecsysBatch",
     "RecsysEmbeddings",
     "RetrievalOutput",
@@ -61,6 +64,7 @@ __all__ = [
     "demo_transformer_config",
     "kernels",
     "presets",
+    "read_interactions_csv",
     "serving",
     "training",
 ]

@@ -1,4 +1,5 @@
-"""Training losses: per-action sigmoid cross-entropy (ranking), sampled softmax (retrieval)."""
+"""Training losses: per-action sigmoid cross-entropy (ranking), sampled and full softmax
+(retrieval)."""
 
 import equinox as eqx
 import jax
@@ -121,3 +122,34 @@ def retrieval_loss(
     per_user = -jnp.sum(jax.nn.log_softmax(logits, axis=-1) * own, axis=-1)
     weights = user_valid.astype(jnp.float32)
     return jnp.sum(per_user * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def full_softmax_loss(
+    user_vectors: Float[Array, "targets emb"],
+    item_vectors: Float[Array, "items emb"],
+    targets: Int[Array, " targets"],
+    valid: Bool[Array, " targets"],
+    temperature: Float[Array, ""] | float,
+) -> Scalar:
+    """Cross-entropy of each target item against every item of the corpus.
+
+    Row `i` scores all items as `u_i.v_j / temperature` and pays `-log softmax` of item
+    `targets[i]`; the mean is over valid rows (0 when none is). Exact, no sampling bias: the
+    loss of choice when the `[targets, items]` logits fit in memory (corpora of a few tens of
+    thousands of items), where `retrieval_loss` samples the negatives instead.
+    """
+    num_targets, emb = user_vectors.shape
+    if item_vectors.ndim != 2 or item_vectors.shape[1] != emb:
+        raise ValueError(f"item_vectors: expected shape (items, {emb}), got {item_vectors.shape}")
+    for name, array in (("targets", targets), ("valid", valid)):
+        if array.shape != (num_targets,):
+            raise ValueError(f"{name}: expected shape ({num_targets},), got {array.shape}")
+    temperature = eqx.error_if(
+        jnp.asarray(temperature, jnp.float32),
+        jnp.asarray(temperature) <= 0,
+        "temperature: expected > 0",
+    )
+    logits = jnp.dot(user_vectors.astype(jnp.float32), item_vectors.astype(jnp.float32).T)
+    per_row = optax.softmax_cross_entropy_with_integer_labels(logits / temperature, targets)
+    weights = valid.astype(jnp.float32)
+    return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -1,0 +1,903 @@
+"""`Recommender`: fit Phoenix on any interaction log, recommend, save and load.
+
+```python
+import phoenix_eqx as px
+rec = px.Recommender.fit(user_ids, item_ids, timestamps)
+items, scores = rec.recommend(user_ids, histories, k=10)
+```
+
+`fit` trains the two Phoenix stages on each user's time-ordered items: the retrieval model with
+every position of every sequence as a target (one causal pass per sequence), then the ranker
+on the trained retriever's own top results. Each user's last interaction is held out; it alone
+drives early stopping and model selection. `recommend` runs the stages as Phoenix serves:
+retrieval over the whole corpus, then the ranker re-scores those items with candidate
+isolation, ordered by a weighted sum of action probabilities.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+import warnings
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .config import (
+    ACTIONS,
+    HashConfig,
+    PhoenixModelConfig,
+    PhoenixRetrievalModelConfig,
+    TransformerConfig,
+)
+from .data.interactions import rating_actions
+from .inputs import RecsysBatch
+from .kernels import corpus_top_k
+from .training.losses import ranking_loss
+from .training.models import TrainableRanker, TrainableRetriever
+from .training.sequential import SequenceExample, SequenceLoss, all_positions_objective
+from .training.steps import init_optimizer, make_train_step
+
+FORMAT_VERSION = 1
+# Implicit feedback: every row is an engagement, seen as a click and a favorite.
+ENGAGED = ("click_score", "favorite_score")
+# Users are fed through one shared row: the user token is a learned start-of-sequence token,
+# so users unseen in training are served like any other.
+SHARED_USER_ROW = 1
+EVAL_CHUNK = 256
+MIN_CHUNK = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class FitOptions:
+    """How `Recommender.fit` builds and trains the two models. Every field has a default.
+
+    Model: `emb_size`, `num_layers`, `num_heads`, `key_size` size both transformers;
+    `history_len` (1..200) is how many of a user's latest items they read.
+    Retrieval: up to `epochs` passes over the users (`batch_size` sequences a step, every
+    position a target), Adam at `learning_rate`; `loss` is `"full"` (softmax over every item),
+    `"sampled"` (in-batch negatives with logQ correction) or `"auto"` (full up to
+    `full_softmax_max_items` items). Training stops after `patience` epochs without a better
+    validation HR@10 and keeps the best epoch.
+    Ranker: `ranker_epochs` passes, each user once per pass at a random position of its
+    sequence, with `ranker_candidates` candidates: the true next item plus the retriever's
+    best other items (hard negatives).
+    Serving: `num_retrieved` items from retrieval go to the ranker; the final order is by
+    `sum(weight * probability)` over `action_weights` (action name, weight) pairs.
+    `time_budget_s` caps the wall-clock time of fit (retrieval gets `retrieval_share` of it).
+    `seed` fixes initialisation and data order; `verbose` shows progress and epoch lines.
+    """
+
+    emb_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    key_size: int = 32
+    history_len: int = 200
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    loss: Literal["auto", "full", "sampled"] = "auto"
+    full_softmax_max_items: int = 50_000
+    patience: int = 3
+    ranker_epochs: int = 10
+    ranker_candidates: int = 32
+    num_retrieved: int = 200
+    action_weights: tuple[tuple[str, float], ...] = (("click_score", 1.0), ("favorite_score", 0.25))
+    time_budget_s: float | None = None
+    retrieval_share: float = 0.75
+    seed: int = 0
+    verbose: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "emb_size",
+            "num_layers",
+            "num_heads",
+            "key_size",
+            "epochs",
+            "batch_size",
+            "full_softmax_max_items",
+            "patience",
+            "ranker_candidates",
+            "num_retrieved",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.ranker_candidates < 2:
+            raise ValueError(
+                f"ranker_candidates: expected >= 2 (the positive and a negative), "
+                f"got {self.ranker_candidates}"
+            )
+        if not isinstance(self.ranker_epochs, int) or self.ranker_epochs < 0:
+            raise ValueError(f"ranker_epochs: expected an int >= 0, got {self.ranker_epochs!r}")
+        if self.key_size % 2:
+            raise ValueError(f"key_size: expected even (rotary), got {self.key_size}")
+        if not 1 <= self.history_len <= 200:
+            raise ValueError(f"history_len: expected 1..200, got {self.history_len}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
+        if self.loss not in ("auto", "full", "sampled"):
+            raise ValueError(f"loss: expected 'auto', 'full' or 'sampled', got {self.loss!r}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ValueError(f"time_budget_s: expected > 0 or None, got {self.time_budget_s}")
+        if not 0 < self.retrieval_share <= 1:
+            raise ValueError(f"retrieval_share: expected in (0, 1], got {self.retrieval_share}")
+        names = [name for name, _ in self.action_weights]
+        unknown = [name for name in names if name not in ACTIONS]
+        if unknown or not names or len(set(names)) != len(names):
+            raise ValueError(
+                f"action_weights: expected distinct (name, weight) pairs with names from "
+                f"ACTIONS, got {self.action_weights!r}"
+            )
+
+    def weight_vector(self) -> np.ndarray:
+        """`action_weights` as a `[len(ACTIONS)]` float32 vector."""
+        weights = np.zeros(len(ACTIONS), np.float32)
+        for name, weight in self.action_weights:
+            weights[ACTIONS.index(name)] = weight
+        return weights
+
+    def resolved_loss(self, num_items: int) -> SequenceLoss:
+        if self.loss != "auto":
+            return self.loss
+        return "full" if num_items <= self.full_softmax_max_items else "sampled"
+
+
+def _plain(value: Any) -> Hashable:
+    """A numpy scalar as its Python value, so ids compare and serialise like the user's."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _ids(values, name: str) -> list:
+    if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
+        raise ValueError(f"{name}: expected a 1-D sequence of ids, got {type(values).__name__}")
+    array = np.asarray(values, dtype=object)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-D sequence, got shape {array.shape}")
+    plain = [_plain(value) for value in array]
+    for value in plain:
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(f"{name}: expected hashable ids, got {value!r}") from None
+    return plain
+
+
+def _numbers(values, name: str, length: int) -> np.ndarray:
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected numbers, got non-numeric values") from None
+    if array.shape != (length,):
+        raise ValueError(f"{name}: expected shape ({length},) like user_ids, got {array.shape}")
+    if np.isnan(array).any():
+        raise ValueError(f"{name}: expected no NaN, got {int(np.isnan(array).sum())}")
+    return array
+
+
+def _engaged_actions(count: int) -> np.ndarray:
+    actions = np.zeros((count, len(ACTIONS)), np.float32)
+    actions[:, [ACTIONS.index(name) for name in ENGAGED]] = 1.0
+    return actions
+
+
+def _windows(sequences: list[np.ndarray], history_len: int) -> np.ndarray:
+    """`[len(sequences), history_len]`: each sequence's latest items, left-aligned (0 after)."""
+    windows = np.zeros((len(sequences), history_len), np.int32)
+    for row, sequence in enumerate(sequences):
+        latest = sequence[-history_len:]
+        windows[row, : latest.size] = latest
+    return windows
+
+
+def _batch(
+    histories: Int[Array | np.ndarray, "batch history"],
+    candidates: Int[Array | np.ndarray, "batch candidates"],
+) -> RecsysBatch:
+    """Item-id features: item row `i` hashes to post row `i`, one shared author row, surface 0."""
+    histories, candidates = jnp.asarray(histories), jnp.asarray(candidates)
+    engaged = jnp.asarray(_engaged_actions(1)[0])
+    return RecsysBatch(
+        user_hashes=jnp.full((histories.shape[0], 1), SHARED_USER_ROW, jnp.int32),
+        history_post_hashes=histories[..., None].astype(jnp.int32),
+        history_author_hashes=(histories > 0)[..., None].astype(jnp.int32),
+        # Histories at serving time are bare item ids, so every token says "engaged".
+        history_actions=((histories > 0)[..., None] * engaged).astype(jnp.float32),
+        history_product_surface=jnp.zeros(histories.shape, jnp.int32),
+        candidate_post_hashes=candidates[..., None].astype(jnp.int32),
+        candidate_author_hashes=(candidates > 0)[..., None].astype(jnp.int32),
+        candidate_product_surface=jnp.zeros(candidates.shape, jnp.int32),
+    )
+
+
+def _transformer(options: FitOptions, candidate_positions: str) -> TransformerConfig:
+    return TransformerConfig(
+        emb_size=options.emb_size,
+        key_size=options.key_size,
+        num_q_heads=options.num_heads,
+        num_kv_heads=options.num_heads,
+        num_layers=options.num_layers,
+        widening_factor=2.0,
+        attn_output_multiplier=1.0 / math.sqrt(options.key_size),
+        candidate_positions=candidate_positions,
+    )
+
+
+def _build_models(
+    options: FitOptions, num_items: int, *, key: PRNGKeyArray
+) -> tuple[TrainableRetriever, TrainableRanker]:
+    retriever_key, ranker_key = jax.random.split(key)
+    common = dict(
+        emb_size=options.emb_size,
+        history_seq_len=options.history_len,
+        fprop_dtype=jnp.float32,
+        hash_config=HashConfig(num_user_hashes=1, num_item_hashes=1, num_author_hashes=1),
+        product_surface_vocab_size=1,
+    )
+    retrieval_config = PhoenixRetrievalModelConfig(
+        model=_transformer(options, "sequential"), candidate_seq_len=1, **common
+    )
+    # Shared candidate positions: a candidate's score ignores its slot and the padding.
+    ranker_config = PhoenixModelConfig(
+        model=_transformer(options, "shared"),
+        candidate_seq_len=max(options.num_retrieved, options.ranker_candidates),
+        **common,
+    )
+    rows = (SHARED_USER_ROW + 1, num_items + 1, 2)
+    return (
+        TrainableRetriever(retrieval_config, *rows, key=retriever_key),
+        TrainableRanker(ranker_config, *rows, key=ranker_key),
+    )
+
+
+@eqx.filter_jit
+def _item_vectors(retriever: TrainableRetriever, num_items: int) -> Float[Array, "rows emb"]:
+    rows = jnp.arange(num_items + 1, dtype=jnp.int32)[:, None]
+    return retriever.encode_items(rows, (rows > 0).astype(jnp.int32))
+
+
+def _top_unseen(
+    users: Float[Array, "batch emb"],
+    item_vectors: Float[Array, "rows emb"],
+    exclude: Int[Array, "batch excluded"],
+    k: int,
+) -> tuple[Int[Array, "batch k"], Float[Array, "batch k"]]:
+    """Each user's `k` best corpus rows, never row 0 (padding) nor the rows in `exclude`.
+
+    `corpus_top_k` takes `k + excluded` rows (at most `excluded` of them can be excluded),
+    then the excluded ones drop out. Short of items: index -1, score -inf.
+    """
+    num_rows = item_vectors.shape[0]
+    wide = min(k + exclude.shape[1], num_rows - 1)
+    corpus_mask = jnp.arange(num_rows) > 0
+    best = corpus_top_k(users, item_vectors, wide, corpus_mask=corpus_mask)
+    dropped = jnp.any(best.indices[:, :, None] == exclude[:, None, :], axis=-1)
+    scores = jnp.where(dropped | (best.indices < 0), -jnp.inf, best.scores)
+    if wide < k:
+        scores = jnp.pad(scores, ((0, 0), (0, k - wide)), constant_values=-jnp.inf)
+    top_scores, slots = jax.lax.top_k(scores, k)
+    indices = jnp.take_along_axis(jnp.pad(best.indices, ((0, 0), (0, k - min(k, wide)))), slots, 1)
+    return jnp.where(jnp.isfinite(top_scores), indices, -1), top_scores
+
+
+@eqx.filter_jit
+def _two_stage(
+    retriever: TrainableRetriever,
+    ranker: TrainableRanker | None,
+    item_vectors: Float[Array, "rows emb"],
+    histories: Int[Array, "batch history"],
+    exclude: Int[Array, "batch excluded"],
+    action_weights: Float[Array, " actions"],
+    num_retrieved: int,
+) -> tuple[Int[Array, "batch retrieved"], Float[Array, "batch retrieved"]]:
+    """Retrieve `num_retrieved` rows, then order them by the ranker's weighted action
+    probabilities. Without a ranker the retrieval order is final (dot products as scores).
+    Callers keep the first `k`: one compilation serves every `k`."""
+    empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
+    users = retriever.user_vectors(_batch(histories, empty))
+    retrieved, retrieval_scores = _top_unseen(users, item_vectors, exclude, num_retrieved)
+    if ranker is None:
+        return retrieved, retrieval_scores
+    logits = ranker(_batch(histories, jnp.maximum(retrieved, 0)))
+    scores = jax.nn.sigmoid(logits.astype(jnp.float32)) @ action_weights
+    scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
+    top_scores, slots = jax.lax.top_k(scores, num_retrieved)
+    return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
+
+
+def _progress(verbose: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        disable=not verbose,
+    )
+
+
+def _optimizer(options: FitOptions) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(options.learning_rate))
+
+
+def _padded_rows(rows: np.ndarray, size: int, padding_row: int) -> np.ndarray:
+    return np.concatenate([rows, np.full(size - rows.size, padding_row, rows.dtype)])
+
+
+def _excluded(sequences: list[np.ndarray]) -> np.ndarray:
+    """`[users, width]` item rows to exclude (0-padded); width rounded up to limit recompiles."""
+    width = max((sequence.size for sequence in sequences), default=1)
+    width = 64 * math.ceil(max(width, 1) / 64)
+    excluded = np.zeros((len(sequences), width), np.int32)
+    for row, sequence in enumerate(sequences):
+        excluded[row, : sequence.size] = sequence
+    return excluded
+
+
+@dataclasses.dataclass(frozen=True)
+class _Validation:
+    """Each validation user's training sequence and held-out last item."""
+
+    histories: np.ndarray
+    excluded: np.ndarray
+    targets: np.ndarray
+
+    def metrics(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker | None,
+        options: FitOptions,
+        k: int = 10,
+    ) -> dict[str, float]:
+        """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker."""
+        num_items = retriever.tables.post_table.shape[0] - 1
+        vectors = _item_vectors(retriever, num_items)
+        found = _rank_in_chunks(
+            retriever, ranker, vectors, self.histories, self.excluded, options, k
+        )[0]
+        hits = found == self.targets[:, None]
+        gains = hits / np.log2(np.arange(2, k + 2))[None, :]
+        return {f"hr@{k}": float(hits.any(axis=1).mean()), f"ndcg@{k}": float(gains.sum(1).mean())}
+
+
+def _rank_in_chunks(
+    retriever: TrainableRetriever,
+    ranker: TrainableRanker | None,
+    item_vectors: Float[Array, "rows emb"],
+    histories: np.ndarray,
+    excluded: np.ndarray,
+    options: FitOptions,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays."""
+    num_users = histories.shape[0]
+    num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
+    # Few chunk sizes, so that few compilations serve every call.
+    chunk = min(EVAL_CHUNK, max(MIN_CHUNK, 1 << max(num_users - 1, 0).bit_length()))
+    weights = jnp.asarray(options.weight_vector())
+    indices, scores = [], []
+    for start in range(0, num_users, chunk):
+        rows = np.arange(start, min(start + chunk, num_users))
+        padded = _padded_rows(rows, chunk, int(rows[0]))
+        found, found_scores = _two_stage(
+            retriever,
+            ranker,
+            item_vectors,
+            jnp.asarray(histories[padded]),
+            jnp.asarray(excluded[padded]),
+            weights,
+            num_retrieved,
+        )
+        indices.append(np.asarray(found)[: rows.size, :k])
+        scores.append(np.asarray(found_scores)[: rows.size, :k])
+    return np.concatenate(indices), np.concatenate(scores)
+
+
+def _report(console: Console, stage: str, epoch: int, loss: float, metrics, rate: float) -> None:
+    console.print(
+        f"{stage} epoch {epoch}: loss {loss:.4f}  valid HR@10 {metrics['hr@10']:.4f}  "
+        f"NDCG@10 {metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
+    )
+
+
+def _train_retriever(
+    retriever: TrainableRetriever,
+    sequences: list[np.ndarray],
+    validation: _Validation,
+    options: FitOptions,
+    console: Console,
+    deadline: float,
+) -> tuple[TrainableRetriever, dict[str, float]]:
+    """All-positions training, one epoch = every user once; keeps the best validation epoch."""
+    num_items = retriever.tables.post_table.shape[0] - 1
+    loss = options.resolved_loss(num_items)
+    # A last all-padding row fills the final batch: no target, so no loss.
+    windows = np.concatenate(
+        [_windows(sequences, options.history_len), np.zeros((1, options.history_len), np.int32)]
+    )
+    targets = np.concatenate([windows, np.zeros((windows.shape[0], 1), np.int32)], axis=1)
+    # logQ: an item's expected count among a batch's targets, the sampled softmax's columns.
+    frequency = np.bincount(targets[targets > 0], minlength=num_items + 1) / max(
+        np.count_nonzero(targets), 1
+    )
+    targets_per_batch = np.count_nonzero(targets) / len(sequences) * options.batch_size
+    with np.errstate(divide="ignore"):
+        log_q = np.log(targets_per_batch * frequency).astype(np.float32)
+    corpus = np.arange(num_items + 1, dtype=np.int32)[:, None]
+    corpus_post, corpus_author = jnp.asarray(corpus), jnp.asarray((corpus > 0).astype(np.int32))
+
+    def objective(model, example):
+        return all_positions_objective(model, example, loss)
+
+    optimizer = _optimizer(options)
+    step = make_train_step(objective, optimizer)
+    opt_state = init_optimizer(optimizer, retriever)
+    rng = np.random.default_rng([options.seed, 1])
+    steps = math.ceil(len(sequences) / options.batch_size)
+    empty = np.zeros((options.batch_size, 0), np.int32)
+    best, best_metrics, stale = retriever, {"hr@10": -1.0}, 0
+    with _progress(options.verbose) as progress:
+        for epoch in range(1, options.epochs + 1):
+            task = progress.add_task(f"retrieval {epoch}", total=steps, loss=float("nan"))
+            order = rng.permutation(len(sequences))
+            losses, started, trained = [], time.perf_counter(), 0
+            for index in range(steps):
+                rows = _padded_rows(
+                    order[index * options.batch_size : (index + 1) * options.batch_size],
+                    options.batch_size,
+                    len(sequences),
+                )
+                example = SequenceExample(
+                    batch=_batch(windows[rows], empty),
+                    targets=jnp.asarray(targets[rows]),
+                    target_log_q=jnp.asarray(log_q[targets[rows]]),
+                    corpus_post_hashes=corpus_post,
+                    corpus_author_hashes=corpus_author,
+                )
+                retriever, opt_state, aux = step(retriever, opt_state, example)
+                losses.append(float(aux["loss"]))
+                trained += int(aux["targets"])
+                progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+                if time.perf_counter() > deadline:
+                    break
+            rate = trained / (time.perf_counter() - started)
+            metrics = validation.metrics(retriever, None, options)
+            _report(console, "retrieval", epoch, float(np.mean(losses)), metrics, rate)
+            if metrics["hr@10"] > best_metrics["hr@10"]:
+                best, best_metrics, stale = retriever, metrics, 0
+            else:
+                stale += 1
+            if stale >= options.patience or time.perf_counter() > deadline:
+                break
+    return best, best_metrics
+
+
+def _train_ranker(
+    ranker: TrainableRanker,
+    retriever: TrainableRetriever,
+    sequences: list[np.ndarray],
+    actions: list[np.ndarray],
+    validation: _Validation,
+    options: FitOptions,
+    console: Console,
+    deadline: float,
+) -> tuple[TrainableRanker, dict[str, float]]:
+    """The ranker on what retrieval returns: per user and epoch, a random position's true item
+    plus the retriever's best other items for that prefix, all in one candidate-isolated pass."""
+    num_items = retriever.tables.post_table.shape[0] - 1
+    history_len, batch_size = options.history_len, options.batch_size
+    num_negatives = min(options.ranker_candidates - 1, num_items - 1)
+    vectors = _item_vectors(retriever, num_items)
+    windows = np.concatenate(
+        [_windows(sequences, history_len), np.zeros((1, history_len), np.int32)]
+    )
+    lengths = np.array([min(sequence.size, history_len) for sequence in sequences] + [1])
+    action_windows = np.zeros((*windows.shape, len(ACTIONS)), np.float32)
+    for row, user_actions in enumerate(actions):
+        latest = user_actions[-history_len:]
+        action_windows[row, : latest.shape[0]] = latest
+    loss_weights = jnp.asarray(options.weight_vector() != 0, jnp.float32)
+
+    def objective(model, example):
+        batch, labels = example
+        logits = model(batch)
+        value = ranking_loss(logits, labels, batch.candidate_valid, loss_weights)
+        return value, {"loss": value}
+
+    optimizer = _optimizer(options)
+    step = make_train_step(objective, optimizer)
+    opt_state = init_optimizer(optimizer, ranker)
+    rng = np.random.default_rng([options.seed, 2])
+    weights = jnp.asarray(options.weight_vector())
+    steps = math.ceil(len(sequences) / batch_size)
+    best, best_metrics, stale = ranker, {"hr@10": -1.0}, 0
+    with _progress(options.verbose) as progress:
+        for epoch in range(1, options.ranker_epochs + 1):
+            task = progress.add_task(f"ranker {epoch}", total=steps, loss=float("nan"))
+            order = rng.permutation(len(sequences))
+            losses, started, trained = [], time.perf_counter(), 0
+            for index in range(steps):
+                rows = _padded_rows(
+                    order[index * batch_size : (index + 1) * batch_size],
+                    batch_size,
+                    len(sequences),
+                )
+                positions = rng.integers(0, lengths[rows])
+                keep = np.arange(history_len)[None, :] < positions[:, None]
+                histories = np.where(keep, windows[rows], 0)
+                positives = windows[rows, positions]
+                excluded = np.concatenate([histories, positives[:, None]], axis=1)
+                negatives, _ = _two_stage(
+                    retriever,
+                    None,
+                    vectors,
+                    jnp.asarray(histories),
+                    jnp.asarray(excluded),
+                    weights,
+                    num_negatives,
+                )
+                candidates = np.concatenate(
+                    [positives[:, None], np.maximum(np.asarray(negatives), 0)], axis=1
+                )
+                candidates[positives == 0] = 0  # the all-padding row that fills the batch
+                labels = np.zeros((batch_size, candidates.shape[1], len(ACTIONS)), np.float32)
+                labels[:, 0] = action_windows[rows, positions]
+                example = (_batch(histories, candidates), jnp.asarray(labels))
+                ranker, opt_state, aux = step(ranker, opt_state, example)
+                losses.append(float(aux["loss"]))
+                trained += int(np.count_nonzero(candidates))
+                progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+                if time.perf_counter() > deadline:
+                    break
+            rate = trained / (time.perf_counter() - started)
+            metrics = validation.metrics(retriever, ranker, options)
+            _report(console, "ranker", epoch, float(np.mean(losses)), metrics, rate)
+            if metrics["hr@10"] > best_metrics["hr@10"]:
+                best, best_metrics, stale = ranker, metrics, 0
+            else:
+                stale += 1
+            if stale >= options.patience or time.perf_counter() > deadline:
+                break
+    return best, best_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class _IndexedLog:
+    """A validated log: items as rows `1..num_items`, each user's rows and actions in time order."""
+
+    item_ids: list
+    user_ids: list
+    sequences: list[np.ndarray]
+    actions: list[np.ndarray]
+
+
+def _index_log(user_ids, item_ids, timestamps, ratings) -> _IndexedLog:
+    users = _ids(user_ids, "user_ids")
+    items = _ids(item_ids, "item_ids")
+    if not users:
+        raise ValueError("user_ids: expected at least one interaction, got none")
+    if len(items) != len(users):
+        raise ValueError(f"item_ids: expected {len(users)} ids like user_ids, got {len(items)}")
+    times = _numbers(timestamps, "timestamps", len(users))
+    engagement = (
+        _engaged_actions(len(users))
+        if ratings is None
+        else rating_actions(_numbers(ratings, "ratings", len(users)))
+    )
+    item_rows: dict[Hashable, int] = {}
+    rows = np.array([item_rows.setdefault(item, len(item_rows) + 1) for item in items], np.int32)
+    user_index: dict[Hashable, int] = {}
+    user_rows = np.array([user_index.setdefault(user, len(user_index)) for user in users])
+    # Time order within each user; ties keep the input order.
+    order = np.lexsort((np.arange(len(users)), times, user_rows))
+    bounds = np.cumsum(np.bincount(user_rows, minlength=len(user_index)))[:-1]
+    return _IndexedLog(
+        item_ids=list(item_rows),
+        user_ids=list(user_index),
+        sequences=np.split(rows[order], bounds),
+        actions=np.split(engagement[order], bounds),
+    )
+
+
+class Recommender:
+    """Phoenix's two stages fitted to one interaction log; see `fit`, `recommend`, `save`."""
+
+    def __init__(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker,
+        options: FitOptions,
+        item_ids: list,
+        histories: dict[Hashable, np.ndarray],
+        *,
+        use_ranker: bool,
+        validation: dict[str, dict[str, float]],
+    ):
+        """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results."""
+        self.retriever, self.ranker, self.options = retriever, ranker, options
+        self.item_ids = item_ids
+        self.histories = histories
+        self.use_ranker = use_ranker
+        self.validation = validation
+        self._item_rows = {item: row for row, item in enumerate(item_ids, start=1)}
+        self._item_vectors = _item_vectors(retriever, len(item_ids))
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @classmethod
+    def fit(
+        cls,
+        user_ids: Sequence[Hashable] | np.ndarray,
+        item_ids: Sequence[Hashable] | np.ndarray,
+        timestamps: Sequence[float] | np.ndarray,
+        ratings: Sequence[float] | np.ndarray | None = None,
+        *,
+        options: FitOptions | None = None,
+    ) -> "Recommender":
+        """Train retrieval, then the ranker, on the interactions `(user, item, time, rating)`.
+
+        Ids are any hashable values; `ratings=None` means implicit feedback (every row an
+        engagement), explicit ratings become actions as `data.RATING_ACTIONS` says. Each
+        user's last interaction (by time, ties in input order) is held out for validation: it
+        alone picks the best epoch of each stage and whether the ranker's order beats
+        retrieval's. Raises ValueError, before any training, on malformed input.
+        """
+        options = FitOptions() if options is None else options
+        if not isinstance(options, FitOptions):
+            raise ValueError(f"options: expected FitOptions, got {type(options).__name__}")
+        log = _index_log(user_ids, item_ids, timestamps, ratings)
+        held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
+        if not held_out:
+            raise ValueError(
+                "user_ids: expected some user with two or more interactions (the last one is "
+                "held out for validation), got none"
+            )
+        train = [sequence[:-1] if sequence.size >= 2 else sequence for sequence in log.sequences]
+        train_actions = [
+            actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions
+        ]
+        validation = _Validation(
+            histories=_windows([train[i] for i in held_out], options.history_len),
+            excluded=_excluded([train[i] for i in held_out]),
+            targets=np.array([log.sequences[i][-1] for i in held_out]),
+        )
+        console = Console(quiet=not options.verbose)
+        start = time.perf_counter()
+        budget = math.inf if options.time_budget_s is None else options.time_budget_s
+        retriever, ranker = _build_models(
+            options, len(log.item_ids), key=jax.random.key(options.seed)
+        )
+        console.print(
+            f"fit: {len(log.user_ids):,} users, {len(log.item_ids):,} items, "
+            f"{sum(s.size for s in log.sequences):,} interactions; validating on "
+            f"{len(held_out):,} held-out last items; loss "
+            f"{options.resolved_loss(len(log.item_ids))!r}"
+        )
+        retriever, retrieval_metrics = _train_retriever(
+            retriever, train, validation, options, console, start + budget * options.retrieval_share
+        )
+        results = {"retrieval": retrieval_metrics}
+        use_ranker = options.ranker_epochs > 0
+        if use_ranker:
+            ranker, results["ranker"] = _train_ranker(
+                ranker,
+                retriever,
+                train,
+                train_actions,
+                validation,
+                options,
+                console,
+                start + budget,
+            )
+            # Model selection on validation: serve the ranker's order only where it helps.
+            use_ranker = results["ranker"]["hr@10"] >= retrieval_metrics["hr@10"]
+        console.print(
+            f"fit: done in {time.perf_counter() - start:.0f}s; serving "
+            f"{'retrieval + ranker' if use_ranker else 'retrieval alone'}"
+        )
+        histories = dict(zip(log.user_ids, log.sequences, strict=True))
+        return cls(
+            retriever,
+            ranker,
+            options,
+            log.item_ids,
+            histories,
+            use_ranker=use_ranker,
+            validation=results,
+        )
+
+    def recommend(
+        self,
+        user_ids: Sequence[Hashable] | np.ndarray,
+        histories: Sequence[Sequence[Hashable] | np.ndarray] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        *,
+        use_ranker: bool | None = None,
+    ) -> tuple[np.ndarray, Float[np.ndarray, "users k"]]:
+        """The top `k` items of each user, best first: original item ids `[U, k]` and scores.
+
+        `histories[i]` is user `i`'s items in time order (original ids); items unknown to
+        the model are dropped, with one warning counting them. With `histories=None` each
+        user's whole log from `fit` is used (the users must be known). `exclude_seen` drops
+        the history's items. Scores are the weighted action probabilities of the ranker (or
+        retrieval's dot products when validation chose retrieval alone). Should fewer than
+        `k` items remain, the tail holds None with score -inf. `use_ranker` overrides
+        validation's choice of stages: True re-ranks retrieval's items with the ranker, False
+        serves retrieval's order (e.g. to show what each stage does).
+        """
+        if use_ranker is None:
+            use_ranker = self.use_ranker
+        elif use_ranker and self.options.ranker_epochs == 0:
+            raise ValueError("use_ranker: expected False or None, the ranker was not trained")
+        users = _ids(user_ids, "user_ids")
+        if not users:
+            raise ValueError("user_ids: expected at least one user, got none")
+        if (
+            isinstance(k, bool)
+            or not isinstance(k, int | np.integer)
+            or not 1 <= k <= self.num_items
+        ):
+            raise ValueError(f"k: expected an int in 1..{self.num_items} (the items), got {k!r}")
+        if histories is None:
+            unknown = [user for user in users if user not in self.histories]
+            if unknown:
+                raise ValueError(
+                    f"user_ids: without histories every user must be known from fit, "
+                    f"got {len(unknown)} unknown (first {unknown[0]!r})"
+                )
+            sequences = [self.histories[user] for user in users]
+        else:
+            if isinstance(histories, str | bytes) or len(histories) != len(users):
+                raise ValueError(
+                    f"histories: expected {len(users)} sequences (one per user), "
+                    f"got {len(histories) if hasattr(histories, '__len__') else histories!r}"
+                )
+            sequences, dropped = [], 0
+            for index, history in enumerate(histories):
+                history = _ids(history, f"histories[{index}]")
+                if not history:
+                    raise ValueError(f"histories[{index}]: expected at least one item, got none")
+                known = [self._item_rows[item] for item in history if item in self._item_rows]
+                dropped += len(history) - len(known)
+                sequences.append(np.array(known, np.int32))
+            if dropped:
+                warnings.warn(
+                    f"histories: dropped {dropped} item ids unknown to the model", stacklevel=2
+                )
+        excluded = _excluded(sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users))
+        rows, scores = _rank_in_chunks(
+            self.retriever,
+            self.ranker if use_ranker else None,
+            self._item_vectors,
+            _windows(sequences, self.options.history_len),
+            excluded,
+            self.options,
+            int(k),
+        )
+        lookup = np.array([None, *self.item_ids], dtype=object)
+        items = lookup[np.maximum(rows, 0)]
+        if all(isinstance(item, int) for item in self.item_ids) and (rows > 0).all():
+            items = items.astype(np.int64)
+        return items, scores
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the models (`eqx.tree_serialise_leaves`), options, ids and histories (JSON,
+        npz; no pickle) into `directory`, created if needed."""
+        for name, ids in (("item_ids", self.item_ids), ("user_ids", list(self.histories))):
+            bad = next((i for i in ids if not isinstance(i, str | int | float)), None)
+            if bad is not None:
+                raise ValueError(f"{name}: save needs str, int or float ids, got {bad!r}")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        sequences = list(self.histories.values())
+        np.savez(
+            path / "histories.npz",
+            lengths=np.array([s.size for s in sequences], np.int64),
+            items=np.concatenate(sequences).astype(np.int32),
+        )
+        eqx.tree_serialise_leaves(path / "models.eqx", (self.retriever, self.ranker))
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "options": dataclasses.asdict(self.options),
+            "item_ids": self.item_ids,
+            "user_ids": list(self.histories),
+            "use_ranker": self.use_ranker,
+            "validation": self.validation,
+        }
+        (path / "recommender.json").write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> "Recommender":
+        """A `Recommender` written by `save`; recommends exactly as the saved one did."""
+        path = Path(directory)
+        files = [path / name for name in ("recommender.json", "models.eqx", "histories.npz")]
+        missing = [file.name for file in files if not file.is_file()]
+        if missing:
+            raise ValueError(
+                f"directory: expected a saved Recommender in {str(path)!r}, missing {missing}"
+            )
+        try:
+            meta = json.loads(files[0].read_text())
+            options = FitOptions(
+                **{
+                    **meta["options"],
+                    "action_weights": tuple(
+                        (name, weight) for name, weight in meta["options"]["action_weights"]
+                    ),
+                }
+            )
+            if meta["format_version"] != FORMAT_VERSION:
+                raise ValueError(f"format_version {meta['format_version']}")
+            stored = np.load(files[2], allow_pickle=False)
+            sequences = np.split(stored["items"], np.cumsum(stored["lengths"])[:-1])
+            skeleton = _build_models(options, len(meta["item_ids"]), key=jax.random.key(0))
+            retriever, ranker = eqx.tree_deserialise_leaves(files[1], skeleton)
+        except (OSError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"directory: unreadable saved Recommender in {str(path)!r}: {error}"
+            ) from None
+        return cls(
+            retriever,
+            ranker,
+            options,
+            meta["item_ids"],
+            dict(zip(meta["user_ids"], sequences, strict=True)),
+            use_ranker=meta["use_ranker"],
+            validation=meta["validation"],
+        )
+
+
+def read_interactions_csv(
+    path: str | os.PathLike,
+    *,
+    user: str,
+    item: str,
+    timestamp: str,
+    rating: str | None = None,
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
+    """`(user_ids, item_ids, timestamps, ratings)` from a CSV file with a header row, ready
+    for `Recommender.fit(*read_interactions_csv(...))`. Ids stay strings; `rating=None`
+    gives `ratings=None` (implicit feedback)."""
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as error:
+        raise ValueError(f"path: cannot read {str(path)!r}: {error}") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        columns = reader.fieldnames or []
+        for argument, column in (("user", user), ("item", item), ("timestamp", timestamp)) + (
+            (("rating", rating),) if rating is not None else ()
+        ):
+            if column not in columns:
+                raise ValueError(
+                    f"{argument}: expected a column of {path}, got {column!r} (columns: {columns})"
+                )
+        records = list(reader)
+
+    def numbers(column: str, argument: str) -> np.ndarray:
+        try:
+            return np.array([float(record[column]) for record in records])
+        except (TypeError, ValueError):
+            raise ValueError(f"{argument}: expected numbers in column {column!r}") from None
+
+    return (
+        [record[user] for record in records],
+        [record[item] for record in records],
+        numbers(timestamp, "timestamp"),
+        numbers(rating, "rating") if rating is not None else None,
+    )

@@ -1,0 +1,77 @@
+"""All-positions retrieval training: every position of a sequence is a target in one pass.
+
+A `SequenceExample` holds left-aligned sequences (items first, padding after) and, for each
+prefix `[user | items[:t]]`, the corpus row it must predict (`items[t]`, 0 = no target).
+`PhoenixRetrievalModel.encode_all_prefixes` gives every prefix's user vector at once, so a
+batch of `B` sequences of length `T` trains up to `B * T` targets for the cost of `B` passes.
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, Scalar
+
+from ..inputs import RecsysBatch
+from .losses import full_softmax_loss, retrieval_loss
+from .models import TrainableRetriever
+
+SequenceLoss = Literal["full", "sampled"]
+
+
+class SequenceExample(eqx.Module):
+    """Left-aligned sequences and each prefix's target row of the corpus (0 = none).
+
+    `corpus_*_hashes` are the hashes of every corpus row (row 0 = padding); `target_log_q` the
+    log sampling probability of each target among a batch's columns (sampled softmax only).
+    """
+
+    batch: RecsysBatch
+    targets: Int[Array, "batch prefix"]
+    target_log_q: Float[Array, "batch prefix"]
+    corpus_post_hashes: Int[Array, "rows item_hashes"]
+    corpus_author_hashes: Int[Array, "rows author_hashes"]
+
+
+def all_positions_objective(
+    model: TrainableRetriever, example: SequenceExample, loss: SequenceLoss = "full"
+) -> tuple[Scalar, dict[str, Scalar]]:
+    """Mean loss over every valid (prefix, next item) pair of the batch.
+
+    `"full"`: `full_softmax_loss` against every corpus item (exact; the corpus' `[targets,
+    items]` logits must fit in memory). `"sampled"`: `retrieval_loss` with the batch's other
+    targets as negatives and the logQ correction. Aux: the loss, the temperature and the
+    number of targets.
+    """
+    if loss not in ("full", "sampled"):
+        raise ValueError(f"loss: expected 'full' or 'sampled', got {loss!r}")
+    batch = example.batch
+    prefixes = batch.history_post_hashes.shape[1] + 1
+    if example.targets.shape != (batch.user_hashes.shape[0], prefixes):
+        raise ValueError(
+            f"example.targets: expected shape {(batch.user_hashes.shape[0], prefixes)} "
+            f"(one per prefix), got {example.targets.shape}"
+        )
+    users, _ = model.model.encode_all_prefixes(batch, model.tables(batch))
+    users = users.reshape(-1, users.shape[-1])
+    targets = example.targets.reshape(-1)
+    valid = targets > 0
+    if loss == "full":
+        # Row 0 is padding: score the real items only, so target row r is class r - 1.
+        items = model.encode_items(example.corpus_post_hashes[1:], example.corpus_author_hashes[1:])
+        value = full_softmax_loss(
+            users, items, jnp.maximum(targets - 1, 0), valid, model.temperature
+        )
+    else:
+        positives = model.encode_items(
+            example.corpus_post_hashes[targets], example.corpus_author_hashes[targets]
+        )
+        value = retrieval_loss(
+            users,
+            positives,
+            targets,
+            model.temperature,
+            positive_log_q=example.target_log_q.reshape(-1),
+            user_valid=valid,
+        )
+    return value, {"loss": value, "temperature": model.temperature, "targets": jnp.sum(valid)}
