@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-full lint format bench-attention bench-topk clean
+.PHONY: demo test test-full lint format bench-attention bench-topk gpu-session-dry-run clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || "$$(sh tools/find_python.sh)" -m venv $(VENV)
@@ -34,6 +34,11 @@ bench-attention: $(STAMP)
 
 bench-topk: $(STAMP)
 	$(BIN)/python -m phoenix_eqx.kernels.bench topk
+
+# The GPU session's whole code path on the CPU (kernels interpreted, tiny shapes); on the GPU
+# machine run `bash tools/gpu_session.sh` instead.
+gpu-session-dry-run: $(STAMP)
+	$(BIN)/python -m phoenix_eqx.gpu_session --dry-run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -7,6 +7,8 @@ run of the pure-JAX reference before it is timed; a row that raises or misses th
 tolerance is reported and not timed. The dense-mask peers without a logit cap (cuDNN, torch
 SDPA) compute a different function, so they are checked against the reference without the cap.
 Peers that are not installed, or need a GPU the run does not have, are skipped with the reason.
+Times are device times per call over back-to-back calls (`_bench_util.device_time`: CUPTI for
+JAX, CUDA events for torch; on the CPU the host clock around the back-to-back calls).
 """
 
 import argparse
@@ -22,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._bench_util import median_ms, plot_grouped_bars, run_metadata, write_json
+from .._bench_util import Framework, device_time, plot_grouped_bars, run_metadata, write_json
+from .._dispatch import is_hopper_gpu
 from .api import candidate_attention
 from .reference import HistoryMode, candidate_isolation_mask
 
@@ -119,12 +122,17 @@ def make_problem(
 
 @dataclasses.dataclass(frozen=True)
 class Runner:
-    """One compiled step: `run()` launches it, `wait` blocks on its outputs, `to_numpy` returns
-    them as f32 host arrays in the [batch, seq, heads, dim] layout (out, or dq, dk, dv)."""
+    """One compiled step `fn(*args)` of `framework` (a `jax.jit` function, or a torch callable
+    on CUDA tensors); `to_numpy` returns its outputs as f32 host arrays in the
+    [batch, seq, heads, dim] layout (out, or dq, dk, dv)."""
 
-    run: Callable[[], object]
-    wait: Callable[[object], object]
+    fn: Callable
+    args: tuple
+    framework: Framework
     to_numpy: Callable[[object], list[np.ndarray]]
+
+    def run(self) -> object:
+        return self.fn(*self.args)
 
 
 def _jax_to_numpy(outputs: object) -> list[np.ndarray]:
@@ -147,7 +155,7 @@ def _jax_runner(
     else:
         step = jax.jit(attend)
         args = (problem.q, problem.k, problem.v, mask)
-    return Runner(lambda: step(*args), jax.block_until_ready, _jax_to_numpy)
+    return Runner(step, args, "jax", _jax_to_numpy)
 
 
 def _ours_attend(
@@ -221,19 +229,16 @@ def _torch_runner(attend: Callable, problem: Problem, backward: bool) -> Runner:
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return [x.detach().permute(0, 2, 1, 3).float().cpu().numpy() for x in outputs]
 
-    def wait(_outputs) -> None:
-        torch.cuda.synchronize()
-
     q, k, v = (to_torch(array) for array in (problem.q, problem.k, problem.v))
     if not backward:
-        return Runner(lambda: attend(q, k, v), wait, to_numpy)
+        return Runner(attend, (q, k, v), "torch", to_numpy)
     cotangent = to_torch(problem.cotangent)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
 
-    def run():
+    def step(q, k, v, cotangent):
         return torch.autograd.grad(attend(q, k, v), (q, k, v), cotangent)
 
-    return Runner(run, wait, to_numpy)
+    return Runner(step, (q, k, v, cotangent), "torch", to_numpy)
 
 
 def _flex_runner(problem: Problem, backward: bool) -> Runner:
@@ -281,18 +286,22 @@ def _sdpa_runner(problem: Problem, backward: bool) -> Runner:
 
 
 def _needs_gpu() -> str | None:
-    platform = jax.devices()[0].platform
+    platform = jax.default_backend()
     return None if platform == "gpu" else f"needs an NVIDIA GPU (JAX runs on {platform})"
 
 
-def _needs_tokamax() -> str | None:
+def _needs_hopper() -> str | None:
+    return None if is_hopper_gpu() else f"needs a Hopper GPU (JAX runs on {jax.devices()[0]})"
+
+
+def _needs_tokamax(implementation: str) -> str | None:
     if importlib.util.find_spec("tokamax") is None:
         return "tokamax is not installed"
     try:
         import tokamax  # noqa: F401  (it imports flax, qwix and xprof pieces that may be missing)
     except Exception as failure:
         return f"tokamax does not import: {type(failure).__name__}: {failure}"
-    return _needs_gpu()
+    return _needs_hopper() if implementation == "mosaic" else _needs_gpu()
 
 
 def _needs_torch_cuda() -> str | None:
@@ -339,7 +348,7 @@ def implementations(interpret: bool) -> dict[str, Implementation]:
         "cudnn": Implementation(
             "jax.nn.dot_product_attention cuDNN, dense mask, no cap",
             capped=False,
-            backward=False,
+            backward=True,
             unavailable=_needs_gpu,
             build=_cudnn_runner,
         ),
@@ -347,7 +356,7 @@ def implementations(interpret: bool) -> dict[str, Implementation]:
             "tokamax mosaic, dense mask + cap",
             capped=True,
             backward=True,
-            unavailable=_needs_tokamax,
+            unavailable=functools.partial(_needs_tokamax, "mosaic"),
             build=_tokamax_runner("mosaic"),
             module="tokamax",
         ),
@@ -355,7 +364,7 @@ def implementations(interpret: bool) -> dict[str, Implementation]:
             "tokamax triton, dense mask + cap",
             capped=True,
             backward=False,
-            unavailable=_needs_tokamax,
+            unavailable=functools.partial(_needs_tokamax, "triton"),
             build=_tokamax_runner("triton"),
             module="tokamax",
         ),
@@ -428,43 +437,91 @@ def _failure(status: str, context: str, failure: Exception) -> dict:
     }
 
 
-def measure(
-    implementation: Implementation,
-    problem: Problem,
-    reference: Reference,
-    backward: bool,
-    iters: int,
-) -> dict:
-    """Check one implementation's pass (fwd, or fwd+bwd) against the reference, then time it."""
+def check_pass(
+    implementation: Implementation, problem: Problem, reference: Reference, backward: bool
+) -> tuple[Runner | None, dict]:
+    """Build one implementation's pass (fwd, or fwd+bwd) and check it against the reference.
+
+    Returns the runner and `{"status": "checked", "rel_error": ...}` when it is within the
+    tolerance, else None and the failure (status "error" or "check failed")."""
     try:
         if backward:
             expected = reference.gradients
         else:
             expected = reference.output if implementation.capped else reference.output_uncapped
     except Exception as failure:
-        return _failure("error", "reference: ", failure)
+        return None, _failure("error", "reference: ", failure)
     try:
         runner = implementation.build(problem, backward)
         error = relative_error(runner.to_numpy(runner.run()), expected)
     except Exception as failure:  # Any failure of an implementation is its row's result.
-        return _failure("error", "", failure)
+        return None, _failure("error", "", failure)
     if not error <= TOLERANCE:
         detail = f"relative error {error:.3g} > {TOLERANCE:g}"
-        return {"status": "check failed", "rel_error": _finite_or_none(error), "detail": detail}
+        return None, {
+            "status": "check failed",
+            "rel_error": _finite_or_none(error),
+            "detail": detail,
+        }
+    return runner, {"status": "checked", "rel_error": error}
+
+
+def time_pass(
+    runner: Runner,
+    problem: Problem,
+    backward: bool,
+    checked: dict,
+    *,
+    iters: int,
+    warmup: int = 2,
+    max_seconds: float | None = None,
+) -> dict:
+    """Time a checked pass (`device_time`): ms, useful TFLOP/s and how it was measured."""
     try:
-        ms = median_ms(runner.run, runner.wait, iters=iters)
+        timing = device_time(
+            runner.fn,
+            *runner.args,
+            framework=runner.framework,
+            iters=iters,
+            warmup=warmup,
+            max_seconds=max_seconds,
+        )
     except Exception as failure:
         return _failure("error", "while timing: ", failure)
     flops = problem.config.useful_flops(problem.history)
     flops *= FWD_BWD_FLOP_FACTOR if backward else 1.0
-    return {"status": "ok", "ms": ms, "tflops": flops / (ms * 1e-3) / 1e12, "rel_error": error}
+    return {
+        "status": "ok",
+        "ms": timing.ms,
+        "tflops": flops / (timing.ms * 1e-3) / 1e12,
+        "rel_error": checked["rel_error"],
+        "timing": timing.as_dict(),
+    }
+
+
+def measure(
+    implementation: Implementation,
+    problem: Problem,
+    reference: Reference,
+    backward: bool,
+    iters: int,
+    warmup: int = 2,
+    max_seconds: float | None = None,
+) -> dict:
+    """Check one implementation's pass (fwd, or fwd+bwd) against the reference, then time it."""
+    runner, checked = check_pass(implementation, problem, reference, backward)
+    if runner is None:
+        return checked
+    return time_pass(
+        runner, problem, backward, checked, iters=iters, warmup=warmup, max_seconds=max_seconds
+    )
 
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _cell(result: dict | None) -> str:
+def cell(result: dict | None) -> str:
     if result is None:
         return "-"
     if result["status"] == "ok":
@@ -486,8 +543,8 @@ def print_table(rows: list[dict]) -> None:
         errors = [r["rel_error"] for r in passes.values() if r and r.get("rel_error") is not None]
         error = f"{max(errors):.1e}" if errors else "-"
         print(
-            f"{row['config']:<12}{row['impl']:<16}{_cell(row['fwd']):>20}"
-            f"{_cell(row['fwd_bwd']):>24}{error:>14}"
+            f"{row['config']:<12}{row['impl']:<16}{cell(row['fwd']):>20}"
+            f"{cell(row['fwd_bwd']):>24}{error:>14}"
         )
         notes += [
             f"  {row['config']} {row['impl']} {name}: {result['detail']}"
@@ -534,7 +591,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="random history padding per batch row (key_valid false) instead of all valid",
     )
     parser.add_argument("--no-bwd", action="store_true", help="time the forward pass only")
-    parser.add_argument("--iters", type=int, default=20, help="timed runs (the median is kept)")
+    parser.add_argument(
+        "--iters", type=int, default=20, help="calls timed back to back (device time per call)"
+    )
     parser.add_argument(
         "--quick", action="store_true", help="shrink every config to B=1, P=64, C=32"
     )
@@ -584,7 +643,7 @@ def main(argv: list[str]) -> None:
             fwd_bwd = None
             if implementation.backward and not args.no_bwd:
                 fwd_bwd = measure_pass(backward=True)
-            print(f"{config_name} {name}: fwd {_cell(fwd)}, fwd+bwd {_cell(fwd_bwd)}", flush=True)
+            print(f"{config_name} {name}: fwd {cell(fwd)}, fwd+bwd {cell(fwd_bwd)}", flush=True)
             rows.append(
                 {
                     "config": config_name,

@@ -4,21 +4,20 @@
 
 Needs a Hopper GPU. Every variant runs on fresh random bf16 inputs with random history padding
 and is compared with the f32 reference (relative L2 error of the output, and of dq, dk, dv);
-timings are CUPTI kernel times (median over iterations of the summed kernels of one step, with
-the per-kernel split) beside the host wall time of one jitted step.
+timings come from `_bench_util.device_time`: CUPTI kernel times (median over back-to-back calls
+of the summed kernels of one step, with the per-kernel split), beside the span of those calls
+("span": kernels plus the gaps between them, per call).
 """
 
 import argparse
 import functools
 import math
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.mosaic.gpu import profiler
 
+from .._bench_util import device_time
 from .mosaic_gpu import candidate_attention_pallas
 from .reference import candidate_attention_reference
 
@@ -60,27 +59,6 @@ def make_inputs(config, seed):
 def relative_error(actual, expected):
     actual, expected = np.asarray(actual, np.float32), np.asarray(expected, np.float32)
     return float(np.linalg.norm(actual - expected) / np.linalg.norm(expected))
-
-
-def cupti_ms(step, args, iterations):
-    """Median summed kernel time of one step, and the median of each kernel."""
-    _, timings = profiler.measure(step, aggregate=False, iterations=iterations)(*args)
-    totals = [sum(ms for _, ms in launch) for launch in timings]
-    kernels = [
-        (name, statistics.median(t[i][1] for t in timings))
-        for i, (name, _) in enumerate(timings[0])
-    ]
-    return statistics.median(totals), kernels
-
-
-def wall_ms(step, args, iterations):
-    jax.block_until_ready(step(*args))
-    samples = []
-    for _ in range(iterations):
-        start = time.perf_counter()
-        jax.block_until_ready(step(*args))
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
 
 
 def loss(attend, q, k, v, d_out):
@@ -136,18 +114,18 @@ def main(argv=None):
                 out = fwd(q, k, v)
                 row["fwd err"] = relative_error(out, ref_out)
                 row["fwd unwritten"] = int(jnp.sum(~jnp.isfinite(out)))
-                row["fwd ms"], kernels = cupti_ms(fwd, (q, k, v), args.iters)
-                row["fwd wall"] = wall_ms(fwd, (q, k, v), args.iters)
+                timing = device_time(fwd, q, k, v, iters=args.iters)
+                row["fwd ms"], row["fwd span"] = timing.ms, timing.span_ms
                 row["fwd TF/s"] = flops / row["fwd ms"] / 1e9
-                print(name, variant, "fwd kernels", kernels, flush=True)
+                print(name, variant, "fwd", timing.method, timing.kernels, flush=True)
                 if backward and not args.no_bwd:
                     step = jax.jit(jax.grad(functools.partial(loss, attend), argnums=(0, 1, 2)))
                     grads = step(q, k, v, d_out)
                     row["bwd err"] = max(map(relative_error, grads, ref_grads))
-                    row["fwd+bwd ms"], kernels = cupti_ms(step, (q, k, v, d_out), args.iters)
-                    row["fwd+bwd wall"] = wall_ms(step, (q, k, v, d_out), args.iters)
+                    timing = device_time(step, q, k, v, d_out, iters=args.iters)
+                    row["fwd+bwd ms"], row["fwd+bwd span"] = timing.ms, timing.span_ms
                     row["fwd+bwd TF/s"] = 3.5 * flops / row["fwd+bwd ms"] / 1e9
-                    print(name, variant, "fwd+bwd kernels", kernels, flush=True)
+                    print(name, variant, "fwd+bwd", timing.method, timing.kernels, flush=True)
             except Exception as failure:  # report the variant and go on with the others
                 row["error"] = f"{type(failure).__name__}: {str(failure)[:300]}"
             print(row, flush=True)
@@ -156,11 +134,11 @@ def main(argv=None):
     columns = [
         "fwd err",
         "fwd ms",
-        "fwd wall",
+        "fwd span",
         "fwd TF/s",
         "bwd err",
         "fwd+bwd ms",
-        "fwd+bwd wall",
+        "fwd+bwd span",
         "fwd+bwd TF/s",
     ]
     print(f"\n{'config':<12}{'variant':<17}" + "".join(f"{c:>14}" for c in columns))

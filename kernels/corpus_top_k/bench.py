@@ -1,36 +1,63 @@
 """Corpus top-k benchmark: `python -m phoenix_eqx.kernels.bench topk [options]`.
 
-Times the Pallas kernel path beside XLA matmul + `lax.top_k` (stable and unstable) and torch
-mm + topk (where torch with CUDA is installed) on the shapes of BENCHMARKS.md section 2, after
-checking the kernel against an exact chunked XLA reference. Writes JSON and, where matplotlib is
-installed, a PNG.
+Times the Pallas kernel path (and `implementation="auto"`) beside XLA matmul + `lax.top_k`
+(stable and unstable) and torch mm + topk (where torch with CUDA is installed) on the shapes of
+BENCHMARKS.md section 2, after checking the kernel against an exact chunked XLA reference.
+Times are device times per call over back-to-back calls (`_bench_util.device_time`). Floors
+are max(corpus bytes / copy bandwidth, 2BND / matmul rate): from the rates measured in the same
+run where the caller measured them (the GPU session does), else BENCHMARKS.md's H100 rates.
+Writes JSON and, where matplotlib is installed, a PNG.
 """
 
 import argparse
+import dataclasses
 import functools
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._bench_util import peak_memory_bytes, plot_grouped_bars, run_metadata, time_ms, write_json
+from .._bench_util import (
+    Framework,
+    device_time,
+    peak_memory_bytes,
+    plot_grouped_bars,
+    run_metadata,
+    write_json,
+)
+from .._dispatch import is_hopper_gpu
 from .api import corpus_top_k
 from .merge import top_k_by_chunks
 
 DIM = 128
-COPY_BYTES_PER_S = 3.0e12  # measured device-to-device copy rate (BENCHMARKS.md)
-MATMUL_FLOP_PER_S = 800e12  # measured bf16 matmul rate (BENCHMARKS.md)
 SHAPES = [  # (batch, num_items, k)
     *((b, n, k) for k in (100, 1000) for n in (1_000_000, 10_000_000) for b in (1, 128, 1024)),
     (1, 10_000_000, 10_000),
 ]
 QUICK_SHAPES = [(1, 3_000, 10), (70, 2_000, 100)]
+IMPLEMENTATIONS = ("pallas", "auto", "xla_stable", "xla_unstable", "torch")
 
 
-def floor_ms(batch: int, num_items: int, dim: int = DIM) -> float:
-    read_corpus = num_items * dim * 2 / COPY_BYTES_PER_S
-    matmul = 2 * batch * num_items * dim / MATMUL_FLOP_PER_S
+@dataclasses.dataclass(frozen=True)
+class Ceilings:
+    """The card's device-to-device copy rate (bytes read + written per second) and bf16
+    matmul rate, which the floors divide by; `source` says where they come from."""
+
+    copy_bytes_per_s: float
+    matmul_flop_per_s: float
+    source: str
+
+
+# BENCHMARKS.md's H100 rates: the floors of a run that measures none of its own.
+H100_CEILINGS = Ceilings(3.0e12, 800e12, "BENCHMARKS.md, H100")
+
+
+def floor_ms(batch: int, num_items: int, dim: int = DIM, ceilings: Ceilings = H100_CEILINGS):
+    """max(read the bf16 corpus once, the score matmul at the matmul rate), in ms."""
+    read_corpus = num_items * dim * 2 / ceilings.copy_bytes_per_s
+    matmul = 2 * batch * num_items * dim / ceilings.matmul_flop_per_s
     return max(read_corpus, matmul) * 1e3
 
 
@@ -39,26 +66,15 @@ def _xla_top_k(queries, corpus, *, k, is_stable):
     return jax.lax.top_k(scores, k, is_stable=is_stable)
 
 
-def _pallas(k: int):
-    # Off the GPU (a smoke run) the kernel runs in the interpreter.
-    interpret = jax.devices()[0].platform != "gpu"
-    return jax.jit(
-        functools.partial(corpus_top_k, k=k, implementation="pallas", interpret=interpret)
+def _op(queries, corpus, corpus_mask, *, k, implementation, interpret):
+    return corpus_top_k(
+        queries,
+        corpus,
+        k,
+        corpus_mask=corpus_mask,
+        implementation=implementation,
+        interpret=interpret,
     )
-
-
-IMPLEMENTATIONS = ("pallas", "xla_stable", "xla_unstable", "torch")
-
-
-def _implementations(k: int, with_torch: bool) -> dict:
-    impls = {
-        "pallas": _pallas(k),
-        "xla_stable": jax.jit(functools.partial(_xla_top_k, k=k, is_stable=True)),
-        "xla_unstable": jax.jit(functools.partial(_xla_top_k, k=k, is_stable=False)),
-    }
-    if with_torch:
-        impls["torch"] = _torch_top_k(k)
-    return impls
 
 
 def _torch_top_k(k: int):
@@ -70,31 +86,36 @@ def _torch_top_k(k: int):
     return run
 
 
-def _torch_available() -> bool:
+def torch_unavailable() -> str | None:
+    """Why the torch peer cannot run here (None if it can)."""
     try:
         import torch
     except ImportError:
-        return False
-    return torch.cuda.is_available()
+        return "torch is not installed"
+    return None if torch.cuda.is_available() else "torch sees no CUDA device"
 
 
-def _time_torch(fn, queries, corpus) -> float:
-    import torch
+@functools.cache
+def build(name: str, k: int, interpret: bool) -> tuple[Callable, Framework]:
+    """One implementation as `(fn, framework)`: `fn(queries, corpus[, mask])`. Cached, so
+    that a check and a later timing of the same k share one compilation."""
+    if name in ("pallas", "auto"):
+        op = functools.partial(_op, k=k, implementation=name, interpret=interpret)
+        return jax.jit(op), "jax"
+    if name in ("xla_stable", "xla_unstable"):
+        return jax.jit(functools.partial(_xla_top_k, k=k, is_stable=name == "xla_stable")), "jax"
+    if name == "torch":
+        return _torch_top_k(k), "torch"
+    raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {name!r}")
 
-    q = torch.from_dlpack(queries.astype(jnp.bfloat16))
-    c = torch.from_dlpack(corpus)
-    for _ in range(3):
-        fn(q, c)
-    torch.cuda.synchronize()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(20):
-        start.record()
-        fn(q, c)
-        stop.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(stop))
-    return float(np.median(samples))
+
+def make_inputs(batch: int, num_items: int, masked: bool, seed: int = 0):
+    """Random normal f32 queries, bf16 corpus and (with `masked`) a 90%-valid corpus mask."""
+    key_q, key_c, key_m = jax.random.split(jax.random.key(seed), 3)
+    queries = jax.random.normal(key_q, (batch, DIM), jnp.float32)
+    corpus = jax.random.normal(key_c, (num_items, DIM), jnp.bfloat16)
+    mask = jax.random.bernoulli(key_m, 0.9, (num_items,)) if masked else None
+    return queries, corpus, mask
 
 
 def _extra_bytes(fn, *args) -> int | None:
@@ -108,11 +129,16 @@ def _extra_bytes(fn, *args) -> int | None:
     return int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
 
 
-def check_against_reference(result, queries, corpus, k, mask) -> dict:
-    """Exact chunked XLA reference: same scores (to rounding), indices valid and mostly equal."""
-    want = jax.jit(functools.partial(top_k_by_chunks, k=k, chunk=1 << 20))(
+def reference_top_k(queries, corpus, k, mask):
+    """The exact chunked XLA reference (f32 accumulation of the corpus-dtype products)."""
+    return jax.jit(functools.partial(top_k_by_chunks, k=k, chunk=1 << 20))(
         queries.astype(corpus.dtype), corpus, corpus_mask=mask
     )
+
+
+def check_against_reference(result, queries, corpus, k, mask, want=None) -> dict:
+    """Exact chunked XLA reference: same scores (to rounding), indices valid and mostly equal."""
+    want = reference_top_k(queries, corpus, k, mask) if want is None else want
     got_scores, want_scores = np.asarray(result.scores), np.asarray(want.scores)
     got_indices, want_indices = np.asarray(result.indices), np.asarray(want.indices)
     max_score_error = float(np.max(np.abs(got_scores - want_scores)))
@@ -131,61 +157,117 @@ def check_against_reference(result, queries, corpus, k, mask) -> dict:
     if mask is not None:
         ok = ok and bool(np.asarray(mask)[got_indices].all())
     return {
-        "ok": ok,
+        "ok": bool(ok),
         "max_score_error": max_score_error,
         "fraction_same_index": same_index,
         "max_rescore_error": consistent,
     }
 
 
-def run_shape(batch, num_items, k, *, with_torch, masked, only=IMPLEMENTATIONS, seed=0) -> dict:
-    key_q, key_c, key_m = jax.random.split(jax.random.key(seed), 3)
-    queries = jax.random.normal(key_q, (batch, DIM), jnp.float32)
-    corpus = jax.random.normal(key_c, (num_items, DIM), jnp.bfloat16)
-    mask = jax.random.bernoulli(key_m, 0.9, (num_items,)) if masked else None
+def _error(failure: Exception) -> dict:
+    return {"status": "error", "error": f"{type(failure).__name__}: {str(failure)[:300]}"}
+
+
+def run_shape(
+    batch: int,
+    num_items: int,
+    k: int,
+    *,
+    inputs: tuple | Callable[[], tuple] | None = None,
+    masked: bool = False,
+    only: Iterable[str] = IMPLEMENTATIONS,
+    skipped: dict[str, str] | None = None,
+    interpret: bool = False,
+    ceilings: Ceilings = H100_CEILINGS,
+    iters: int = 20,
+    warmup: int = 2,
+    max_seconds: float | None = None,
+    seed: int = 0,
+    want=None,
+) -> dict:
+    """Check the kernel paths (`pallas`, `auto`) against the reference, then time every one of
+    `only` (those in `skipped` are recorded with the reason). `inputs` = (queries, corpus,
+    mask), or a function returning them, lets a caller share one corpus between rows; `want`
+    is the reference's result, where the caller has it."""
+    floor = floor_ms(batch, num_items, DIM, ceilings)
     row = {
         "batch": batch,
         "num_items": num_items,
         "k": k,
         "masked": masked,
-        "floor_ms": floor_ms(batch, num_items),
+        "floor_ms": floor,
+        "impls": {},
     }
-    for name, fn in _implementations(k, with_torch).items():
-        if name not in only:
+    skipped = skipped or {}
+    for name in only:
+        if name in skipped:
+            row["impls"][name] = {"status": "skipped", "reason": skipped[name]}
+    if all(name in skipped for name in only):
+        return row
+    if inputs is None:
+        inputs = make_inputs(batch, num_items, masked, seed)
+    queries, corpus, mask = inputs() if callable(inputs) else inputs
+    row["masked"] = mask is not None
+    for name in only:
+        if name in skipped:
             continue
+        result: dict = {}
         try:
-            if name == "torch":
-                row[f"{name}_ms"] = _time_torch(fn, queries, corpus)
-                continue
-            args = (queries, corpus)
-            if name == "pallas":
-                fn = functools.partial(fn, corpus_mask=mask) if masked else fn
-                row["pallas_check"] = check_against_reference(fn(*args), queries, corpus, k, mask)
-                row["pallas_extra_bytes"] = _extra_bytes(_pallas(k), *args)
+            fn, framework = build(name, k, interpret)
+            if framework == "torch":
+                import torch
+
+                args = (torch.from_dlpack(queries.astype(corpus.dtype)), torch.from_dlpack(corpus))
             else:
-                row[f"{name}_extra_bytes"] = _extra_bytes(fn, *args)
-            # The interpreter (a CPU smoke run) is far too slow for many repeats.
-            repeats = {} if jax.devices()[0].platform == "gpu" else {"warmup": 1, "iters": 2}
-            row[f"{name}_ms"] = time_ms(fn, *args, **repeats)
-        except Exception as error:  # noqa: BLE001 - an OOM peer is a result, not a crash
-            row[f"{name}_ms"] = None
-            row[f"{name}_error"] = f"{type(error).__name__}: {str(error)[:300]}"
-        row[f"{name}_floor_multiple"] = (
-            row[f"{name}_ms"] / row["floor_ms"] if row.get(f"{name}_ms") else None
-        )
-        print(name, row.get(f"{name}_ms"), row.get(f"{name}_error", ""), flush=True)
+                args = (queries, corpus, mask) if name in ("pallas", "auto") else (queries, corpus)
+                result["extra_bytes"] = _extra_bytes(fn, *args)
+            if name in ("pallas", "auto"):
+                if want is None:
+                    want = reference_top_k(queries, corpus, k, mask)
+                result["check"] = check_against_reference(fn(*args), queries, corpus, k, mask, want)
+                if not result["check"]["ok"]:
+                    row["impls"][name] = {"status": "check failed", **result}
+                    continue
+            timing = device_time(
+                fn,
+                *args,
+                framework=framework,
+                iters=iters,
+                warmup=warmup,
+                max_seconds=max_seconds,
+            )
+        except Exception as failure:  # noqa: BLE001 - an OOM peer is a result, not a crash
+            row["impls"][name] = {**result, **_error(failure)}
+            print(f"  {name}: {row['impls'][name]['error']}", flush=True)
+            continue
+        row["impls"][name] = {
+            "status": "ok",
+            "ms": timing.ms,
+            "x_floor": timing.ms / floor,
+            "of_floor": floor / timing.ms,
+            **result,
+            "timing": timing.as_dict(),
+        }
+        print(f"  {name}: {timing.ms:.3f} ms ({timing.ms / floor:.1f}x floor)", flush=True)
     return row
 
 
-def _table(rows) -> str:
-    names = IMPLEMENTATIONS
+def format_table(rows: list[dict], names: Iterable[str] = IMPLEMENTATIONS) -> str:
+    """ms (multiple of the floor) per implementation; 'check' is the kernel path's check."""
+    names = list(names)
     lines = ["B x N, k | floor ms | " + " | ".join(names) + " | check"]
     for row in rows:
         cells = []
         for name in names:
-            ms = row.get(f"{name}_ms")
-            cells.append("-" if ms is None else f"{ms:.3f} ({ms / row['floor_ms']:.1f}x)")
-        check = row.get("pallas_check", {}).get("ok")
+            result = row["impls"].get(name)
+            if result is None:
+                cells.append("-")
+            elif result["status"] == "ok":
+                cells.append(f"{result['ms']:.3f} ({result['x_floor']:.1f}x)")
+            else:
+                cells.append(result["status"])
+        checks = [r["check"]["ok"] for r in row["impls"].values() if "check" in r]
+        check = "-" if not checks else str(all(checks))
         lines.append(
             f"{row['batch']} x {row['num_items']:,}, k={row['k']} | {row['floor_ms']:.3f} | "
             + " | ".join(cells)
@@ -211,24 +293,49 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--impl", action="append", choices=IMPLEMENTATIONS, help="only these (repeatable)"
     )
+    parser.add_argument("--iters", type=int, default=None, help="calls timed back to back")
     args = parser.parse_args(argv)
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shape:
         shapes = [_parse_shape(text) for text in args.shape]
-    with_torch = not args.no_torch and _torch_available()
+    only = tuple(args.impl or IMPLEMENTATIONS)
+    skipped = {}
+    if "torch" in only:
+        reason = "--no-torch" if args.no_torch else torch_unavailable()
+        if reason:
+            skipped["torch"] = reason
+    # Off a Hopper GPU (a smoke run) the kernel runs in the interpreter, far too slow to repeat.
+    interpret = not is_hopper_gpu()
+    repeats = dict(iters=2, warmup=1) if interpret else dict(iters=20, warmup=2)
+    if args.iters is not None:
+        repeats["iters"] = args.iters
     metadata = run_metadata()
     rows = []
     for batch, num_items, k in shapes:
         print(f"== {batch} x {num_items:,}, k={k}", flush=True)
-        only = tuple(args.impl or IMPLEMENTATIONS)
         rows.append(
-            run_shape(batch, num_items, k, with_torch=with_torch, masked=args.masked, only=only)
+            run_shape(
+                batch,
+                num_items,
+                k,
+                masked=args.masked,
+                only=only,
+                skipped=skipped,
+                interpret=interpret,
+                **repeats,
+            )
         )
         # Rewritten after every shape, so that a run cut short keeps what it measured.
-        write_json(args.out, {**metadata, "rows": rows, "process_peak_bytes": peak_memory_bytes()})
+        payload = {
+            **metadata,
+            "ceilings": dataclasses.asdict(H100_CEILINGS),
+            "rows": rows,
+            "process_peak_bytes": peak_memory_bytes(),
+        }
+        write_json(args.out, payload)
     _plot(args.plot or args.out.with_suffix(".png"), rows, metadata["device"])
-    print(_table(rows))
+    print(format_table(rows, only))
 
 
 def _plot(path: Path, rows, device: str) -> None:
@@ -236,9 +343,13 @@ def _plot(path: Path, rows, device: str) -> None:
     for row in rows:
         group = f"{row['batch']}x{row['num_items']:.0e}"
         bars = panels.setdefault(f"k={row['k']}", {})
-        for name in IMPLEMENTATIONS:
-            if row.get(f"{name}_floor_multiple") is not None:
-                bars.setdefault(name, {})[group] = row[f"{name}_floor_multiple"]
+        for name, result in row["impls"].items():
+            if result["status"] == "ok":
+                bars.setdefault(name, {})[group] = result["x_floor"]
+    panels = {title: bars for title, bars in panels.items() if bars}
+    if not panels:
+        print("plot: no timed rows, nothing to plot")
+        return
     try:
         plot_grouped_bars(
             path, panels, ylabel="time / floor", title=f"corpus top-k, D={DIM} bf16, {device}"
