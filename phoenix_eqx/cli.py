@@ -86,7 +86,7 @@ def run_movielens_demo(
     options = FitOptions(
         emb_size=32,
         key_size=16,
-        history_len=50,
+        history_seq_len=50,
         batch_size=64,
         learning_rate=3e-3,
         patience=8,  # validation on 943 users is noisy; the loss still falls for many epochs

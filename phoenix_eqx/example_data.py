@@ -12,7 +12,7 @@ DEFAULT_TABLE_SIZE = 100_000
 def create_example_batch(
     batch_size: int,
     emb_size: int,
-    history_len: int,
+    history_seq_len: int,
     num_candidates: int,
     num_actions: int = 19,
     num_user_hashes: int = 2,
@@ -26,13 +26,13 @@ def create_example_batch(
     """A batch of ids and matching embeddings.
 
     Hashes are drawn from `[1, table_size)`; each user's history is valid up to a random length
-    in `[history_len/2, history_len]` and zero-padded after; actions are multi-hot with p=0.3;
-    embeddings are standard normal.
+    in `[history_seq_len/2, history_seq_len]` and zero-padded after; actions are multi-hot with
+    p=0.3; embeddings are standard normal.
     """
     for name, value, low in (
         ("batch_size", batch_size, 1),
         ("emb_size", emb_size, 1),
-        ("history_len", history_len, 0),
+        ("history_seq_len", history_seq_len, 0),
         ("num_candidates", num_candidates, 1),
         ("table_size", table_size, 2),
     ):
@@ -43,11 +43,15 @@ def create_example_batch(
     def hashes(*shape: int) -> Int[Array, "..."]:
         return jax.random.randint(next(keys), shape, 1, table_size, dtype=jnp.int32)
 
-    lengths = jax.random.randint(next(keys), (batch_size, 1), history_len // 2, history_len + 1)
-    history_valid = jnp.arange(history_len)[None, :] < lengths
-    history_post = hashes(batch_size, history_len, num_item_hashes) * history_valid[..., None]
-    history_author = hashes(batch_size, history_len, num_author_hashes) * history_valid[..., None]
-    actions = jax.random.bernoulli(next(keys), 0.3, (batch_size, history_len, num_actions))
+    lengths = jax.random.randint(
+        next(keys), (batch_size, 1), history_seq_len // 2, history_seq_len + 1
+    )
+    history_valid = jnp.arange(history_seq_len)[None, :] < lengths
+    history_post = hashes(batch_size, history_seq_len, num_item_hashes) * history_valid[..., None]
+    history_author = (
+        hashes(batch_size, history_seq_len, num_author_hashes) * history_valid[..., None]
+    )
+    actions = jax.random.bernoulli(next(keys), 0.3, (batch_size, history_seq_len, num_actions))
     actions = (actions & history_valid[..., None]).astype(jnp.float32)
 
     def surfaces(*shape: int) -> Int[Array, "..."]:
@@ -58,7 +62,7 @@ def create_example_batch(
         history_post_hashes=history_post,
         history_author_hashes=history_author,
         history_actions=actions,
-        history_product_surface=surfaces(batch_size, history_len),
+        history_product_surface=surfaces(batch_size, history_seq_len),
         candidate_post_hashes=hashes(batch_size, num_candidates, num_item_hashes),
         candidate_author_hashes=hashes(batch_size, num_candidates, num_author_hashes),
         candidate_product_surface=surfaces(batch_size, num_candidates),
@@ -69,9 +73,9 @@ def create_example_batch(
 
     embeddings = RecsysEmbeddings(
         user_embeddings=normal(batch_size, num_user_hashes),
-        history_post_embeddings=normal(batch_size, history_len, num_item_hashes),
+        history_post_embeddings=normal(batch_size, history_seq_len, num_item_hashes),
         candidate_post_embeddings=normal(batch_size, num_candidates, num_item_hashes),
-        history_author_embeddings=normal(batch_size, history_len, num_author_hashes),
+        history_author_embeddings=normal(batch_size, history_seq_len, num_author_hashes),
         candidate_author_embeddings=normal(batch_size, num_candidates, num_author_hashes),
     )
     return batch, embeddings

@@ -64,7 +64,7 @@ class FitOptions:
     """How `Recommender.fit` builds and trains the two models. Every field has a default.
 
     Model: `emb_size`, `num_layers`, `num_heads`, `key_size` size both transformers;
-    `history_len` (1..200) is how many of a user's latest items they read.
+    `history_seq_len` (1..200) is how many of a user's latest items they read.
     Retrieval: up to `epochs` passes over the users (`batch_size` sequences a step, every
     position a target), Adam at `learning_rate`; `loss` is `"full"` (softmax over every item),
     `"sampled"` (in-batch negatives with logQ correction) or `"auto"` (full up to
@@ -83,7 +83,7 @@ class FitOptions:
     num_layers: int = 2
     num_heads: int = 2
     key_size: int = 32
-    history_len: int = 200
+    history_seq_len: int = 200
     epochs: int = 100
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -124,8 +124,8 @@ class FitOptions:
             raise ValueError(f"ranker_epochs: expected an int >= 0, got {self.ranker_epochs!r}")
         if self.key_size % 2:
             raise ValueError(f"key_size: expected even (rotary), got {self.key_size}")
-        if not 1 <= self.history_len <= 200:
-            raise ValueError(f"history_len: expected 1..200, got {self.history_len}")
+        if not 1 <= self.history_seq_len <= 200:
+            raise ValueError(f"history_seq_len: expected 1..200, got {self.history_seq_len}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
         if self.loss not in ("auto", "full", "sampled"):
@@ -193,11 +193,11 @@ def _engaged_actions(count: int) -> np.ndarray:
     return actions
 
 
-def _windows(sequences: list[np.ndarray], history_len: int) -> np.ndarray:
-    """`[len(sequences), history_len]`: each sequence's latest items, left-aligned (0 after)."""
-    windows = np.zeros((len(sequences), history_len), np.int32)
+def _windows(sequences: list[np.ndarray], history_seq_len: int) -> np.ndarray:
+    """`[len(sequences), history_seq_len]`: each sequence's latest items, left-aligned (0 after)."""
+    windows = np.zeros((len(sequences), history_seq_len), np.int32)
     for row, sequence in enumerate(sequences):
-        latest = sequence[-history_len:]
+        latest = sequence[-history_seq_len:]
         windows[row, : latest.size] = latest
     return windows
 
@@ -241,7 +241,7 @@ def _build_models(
     retriever_key, ranker_key = jax.random.split(key)
     common = dict(
         emb_size=options.emb_size,
-        history_seq_len=options.history_len,
+        history_seq_len=options.history_seq_len,
         fprop_dtype=jnp.float32,
         hash_config=HashConfig(num_user_hashes=1, num_item_hashes=1, num_author_hashes=1),
         product_surface_vocab_size=1,
@@ -372,6 +372,22 @@ class _Validation:
         return {f"hr@{k}": float(hits.any(axis=1).mean()), f"ndcg@{k}": float(gains.sum(1).mean())}
 
 
+@eqx.filter_jit
+def _retrieval_scores(
+    retriever: TrainableRetriever,
+    item_vectors: Float[Array, "rows emb"],
+    histories: Int[Array | np.ndarray, "batch history"],
+) -> Float[Array, "batch rows"]:
+    """Dot products of the users' vectors with every corpus row (row 0, padding, included)."""
+    empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
+    return retriever.user_vectors(_batch(histories, empty)) @ item_vectors.T
+
+
+def _chunk_bounds(num_users: int) -> list[tuple[int, int]]:
+    """`(start, stop)` of `EVAL_CHUNK`-user chunks."""
+    return [(start, min(start + EVAL_CHUNK, num_users)) for start in range(0, num_users, EVAL_CHUNK)]
+
+
 def _rank_in_chunks(
     retriever: TrainableRetriever,
     ranker: TrainableRanker | None,
@@ -405,7 +421,21 @@ def _rank_in_chunks(
     return np.concatenate(indices), np.concatenate(scores)
 
 
-def _report(console: Console, stage: str, epoch: int, loss: float, metrics, rate: float) -> None:
+# One validation of `fit`: (seconds since fit started, stage, epoch, validation HR@10).
+ValidationRecord = tuple[float, str, int, float]
+
+
+def _report(
+    console: Console,
+    history: list[ValidationRecord],
+    started: float,
+    stage: str,
+    epoch: int,
+    loss: float,
+    metrics,
+    rate: float,
+) -> None:
+    history.append((time.perf_counter() - started, stage, epoch, metrics["hr@10"]))
     console.print(
         f"{stage} epoch {epoch}: loss {loss:.4f}  valid HR@10 {metrics['hr@10']:.4f}  "
         f"NDCG@10 {metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
@@ -419,13 +449,18 @@ def _train_retriever(
     options: FitOptions,
     console: Console,
     deadline: float,
+    history: list[ValidationRecord],
+    started: float,
 ) -> tuple[TrainableRetriever, dict[str, float]]:
     """All-positions training, one epoch = every user once; keeps the best validation epoch."""
     num_items = retriever.tables.post_table.shape[0] - 1
     loss = options.resolved_loss(num_items)
     # A last all-padding row fills the final batch: no target, so no loss.
     windows = np.concatenate(
-        [_windows(sequences, options.history_len), np.zeros((1, options.history_len), np.int32)]
+        [
+            _windows(sequences, options.history_seq_len),
+            np.zeros((1, options.history_seq_len), np.int32),
+        ]
     )
     targets = np.concatenate([windows, np.zeros((windows.shape[0], 1), np.int32)], axis=1)
     # logQ: an item's expected count among a batch's targets, the sampled softmax's columns.
@@ -474,7 +509,7 @@ def _train_retriever(
                     break
             rate = trained / (time.perf_counter() - started)
             metrics = validation.metrics(retriever, None, options)
-            _report(console, "retrieval", epoch, float(np.mean(losses)), metrics, rate)
+            _report(console, history, started, "retrieval", epoch, float(np.mean(losses)), metrics, rate)
             if metrics["hr@10"] > best_metrics["hr@10"]:
                 best, best_metrics, stale = retriever, metrics, 0
             else:
@@ -493,20 +528,22 @@ def _train_ranker(
     options: FitOptions,
     console: Console,
     deadline: float,
+    history: list[ValidationRecord],
+    started: float,
 ) -> tuple[TrainableRanker, dict[str, float]]:
     """The ranker on what retrieval returns: per user and epoch, a random position's true item
     plus the retriever's best other items for that prefix, all in one candidate-isolated pass."""
     num_items = retriever.tables.post_table.shape[0] - 1
-    history_len, batch_size = options.history_len, options.batch_size
+    history_seq_len, batch_size = options.history_seq_len, options.batch_size
     num_negatives = min(options.ranker_candidates - 1, num_items - 1)
     vectors = _item_vectors(retriever, num_items)
     windows = np.concatenate(
-        [_windows(sequences, history_len), np.zeros((1, history_len), np.int32)]
+        [_windows(sequences, history_seq_len), np.zeros((1, history_seq_len), np.int32)]
     )
-    lengths = np.array([min(sequence.size, history_len) for sequence in sequences] + [1])
+    lengths = np.array([min(sequence.size, history_seq_len) for sequence in sequences] + [1])
     action_windows = np.zeros((*windows.shape, len(ACTIONS)), np.float32)
     for row, user_actions in enumerate(actions):
-        latest = user_actions[-history_len:]
+        latest = user_actions[-history_seq_len:]
         action_windows[row, : latest.shape[0]] = latest
     loss_weights = jnp.asarray(options.weight_vector() != 0, jnp.float32)
 
@@ -535,7 +572,7 @@ def _train_ranker(
                     len(sequences),
                 )
                 positions = rng.integers(0, lengths[rows])
-                keep = np.arange(history_len)[None, :] < positions[:, None]
+                keep = np.arange(history_seq_len)[None, :] < positions[:, None]
                 histories = np.where(keep, windows[rows], 0)
                 positives = windows[rows, positions]
                 excluded = np.concatenate([histories, positives[:, None]], axis=1)
@@ -563,7 +600,7 @@ def _train_ranker(
                     break
             rate = trained / (time.perf_counter() - started)
             metrics = validation.metrics(retriever, ranker, options)
-            _report(console, "ranker", epoch, float(np.mean(losses)), metrics, rate)
+            _report(console, history, started, "ranker", epoch, float(np.mean(losses)), metrics, rate)
             if metrics["hr@10"] > best_metrics["hr@10"]:
                 best, best_metrics, stale = ranker, metrics, 0
             else:
@@ -624,13 +661,19 @@ class Recommender:
         *,
         use_ranker: bool,
         validation: dict[str, dict[str, float]],
+        validation_history: Sequence[ValidationRecord] = (),
     ):
-        """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results."""
+        """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
+
+        `validation` holds each stage's best validation metrics; `validation_history` one
+        `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit.
+        """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
         self.histories = histories
         self.use_ranker = use_ranker
         self.validation = validation
+        self.validation_history = [tuple(record) for record in validation_history]
         self._item_rows = {item: row for row, item in enumerate(item_ids, start=1)}
         self._item_vectors = _item_vectors(retriever, len(item_ids))
 
@@ -671,7 +714,7 @@ class Recommender:
             actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions
         ]
         validation = _Validation(
-            histories=_windows([train[i] for i in held_out], options.history_len),
+            histories=_windows([train[i] for i in held_out], options.history_seq_len),
             excluded=_excluded([train[i] for i in held_out]),
             targets=np.array([log.sequences[i][-1] for i in held_out]),
         )
@@ -687,8 +730,16 @@ class Recommender:
             f"{len(held_out):,} held-out last items; loss "
             f"{options.resolved_loss(len(log.item_ids))!r}"
         )
+        history: list[ValidationRecord] = []
         retriever, retrieval_metrics = _train_retriever(
-            retriever, train, validation, options, console, start + budget * options.retrieval_share
+            retriever,
+            train,
+            validation,
+            options,
+            console,
+            start + budget * options.retrieval_share,
+            history,
+            start,
         )
         results = {"retrieval": retrieval_metrics}
         use_ranker = options.ranker_epochs > 0
@@ -702,6 +753,8 @@ class Recommender:
                 options,
                 console,
                 start + budget,
+                history,
+                start,
             )
             # Model selection on validation: serve the ranker's order only where it helps.
             use_ranker = results["ranker"]["hr@10"] >= retrieval_metrics["hr@10"]
@@ -718,6 +771,7 @@ class Recommender:
             histories,
             use_ranker=use_ranker,
             validation=results,
+            validation_history=history,
         )
 
     def recommend(
@@ -740,10 +794,7 @@ class Recommender:
         validation's choice of stages: True re-ranks retrieval's items with the ranker, False
         serves retrieval's order (e.g. to show what each stage does).
         """
-        if use_ranker is None:
-            use_ranker = self.use_ranker
-        elif use_ranker and self.options.ranker_epochs == 0:
-            raise ValueError("use_ranker: expected False or None, the ranker was not trained")
+        use_ranker = self._resolve_use_ranker(use_ranker)
         users = _ids(user_ids, "user_ids")
         if not users:
             raise ValueError("user_ids: expected at least one user, got none")
@@ -753,6 +804,92 @@ class Recommender:
             or not 1 <= k <= self.num_items
         ):
             raise ValueError(f"k: expected an int in 1..{self.num_items} (the items), got {k!r}")
+        sequences = self._sequences(users, histories)
+        excluded = _excluded(sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users))
+        rows, scores = _rank_in_chunks(
+            self.retriever,
+            self.ranker if use_ranker else None,
+            self._item_vectors,
+            _windows(sequences, self.options.history_seq_len),
+            excluded,
+            self.options,
+            int(k),
+        )
+        lookup = np.array([None, *self.item_ids], dtype=object)
+        items = lookup[np.maximum(rows, 0)]
+        if all(isinstance(item, int) for item in self.item_ids) and (rows > 0).all():
+            items = items.astype(np.int64)
+        return items, scores
+
+    def score_items(
+        self,
+        user_ids: Sequence[Hashable] | np.ndarray,
+        histories: Sequence[Sequence[Hashable] | np.ndarray] | None = None,
+        exclude_seen: bool = True,
+        *,
+        use_ranker: bool | None = None,
+    ) -> Float[np.ndarray, "users items"]:
+        """Scores `[U, num_items]` of every item for each user, columns in `item_ids` order:
+        the full-corpus ranking that `recommend` serves the first `k` of (for evaluation).
+
+        Arguments as in `recommend`. Retrieval alone: the dot products of user and item
+        vectors. With the ranker (`use_ranker`, default validation's choice): the
+        `num_retrieved` items retrieval returns get the ranker's weighted action
+        probabilities and come first, in the ranker's order; every other item follows in
+        retrieval's order (its dot product shifted below the lowest ranker score).
+        `exclude_seen`: the history's items score -inf and are not among those retrieved.
+        """
+        use_ranker = self._resolve_use_ranker(use_ranker)
+        users = _ids(user_ids, "user_ids")
+        if not users:
+            raise ValueError("user_ids: expected at least one user, got none")
+        sequences = self._sequences(users, histories)
+        windows = _windows(sequences, self.options.history_seq_len)
+        scores = np.concatenate(
+            [
+                np.asarray(
+                    _retrieval_scores(self.retriever, self._item_vectors, windows[start:stop])
+                )
+                for start, stop in _chunk_bounds(len(users))
+            ]
+        )
+        if exclude_seen:
+            for row, sequence in enumerate(sequences):
+                scores[row, sequence] = -np.inf
+        if use_ranker:
+            excluded = _excluded(
+                sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users)
+            )
+            num_retrieved = min(self.options.num_retrieved, self.num_items)
+            rows, ranked = _rank_in_chunks(
+                self.retriever,
+                self.ranker,
+                self._item_vectors,
+                windows,
+                excluded,
+                self.options,
+                num_retrieved,
+            )
+            finite = np.where(np.isfinite(scores), scores, np.nan)
+            shift = np.nanmin(np.where(rows > 0, ranked, np.nan), axis=1) - 1.0
+            scores = scores - np.nanmax(finite, axis=1, keepdims=True) + shift[:, None]
+            users_axis = np.broadcast_to(np.arange(len(users))[:, None], rows.shape)
+            kept = rows > 0
+            scores[users_axis[kept], rows[kept]] = ranked[kept]
+        return scores[:, 1:]
+
+    def _resolve_use_ranker(self, use_ranker: bool | None) -> bool:
+        if use_ranker is None:
+            return self.use_ranker
+        if use_ranker and self.options.ranker_epochs == 0:
+            raise ValueError("use_ranker: expected False or None, the ranker was not trained")
+        return use_ranker
+
+    def _sequences(
+        self, users: list, histories: Sequence[Sequence[Hashable] | np.ndarray] | None
+    ) -> list[np.ndarray]:
+        """Each user's item rows in time order: from `histories` (unknown items dropped, with
+        one warning) or, with None, from fit's log."""
         if histories is None:
             unknown = [user for user in users if user not in self.histories]
             if unknown:
@@ -777,23 +914,9 @@ class Recommender:
                 sequences.append(np.array(known, np.int32))
             if dropped:
                 warnings.warn(
-                    f"histories: dropped {dropped} item ids unknown to the model", stacklevel=2
+                    f"histories: dropped {dropped} item ids unknown to the model", stacklevel=3
                 )
-        excluded = _excluded(sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users))
-        rows, scores = _rank_in_chunks(
-            self.retriever,
-            self.ranker if use_ranker else None,
-            self._item_vectors,
-            _windows(sequences, self.options.history_len),
-            excluded,
-            self.options,
-            int(k),
-        )
-        lookup = np.array([None, *self.item_ids], dtype=object)
-        items = lookup[np.maximum(rows, 0)]
-        if all(isinstance(item, int) for item in self.item_ids) and (rows > 0).all():
-            items = items.astype(np.int64)
-        return items, scores
+        return sequences
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the models (`eqx.tree_serialise_leaves`), options, ids and histories (JSON,
@@ -818,6 +941,7 @@ class Recommender:
             "user_ids": list(self.histories),
             "use_ranker": self.use_ranker,
             "validation": self.validation,
+            "validation_history": self.validation_history,
         }
         (path / "recommender.json").write_text(json.dumps(meta))
 
@@ -859,6 +983,7 @@ class Recommender:
             dict(zip(meta["user_ids"], sequences, strict=True)),
             use_ranker=meta["use_ranker"],
             validation=meta["validation"],
+            validation_history=[tuple(r) for r in meta.get("validation_history", [])],
         )
 
 

@@ -65,7 +65,7 @@ class TrainOptions:
     key_size: int = 32
     num_heads: int = 2
     num_layers: int = 1
-    history_len: int = 20
+    history_seq_len: int = 20
     batch_size: int = 128
     retrieval_epochs: float = 4.0
     ranking_epochs: float = 1.0
@@ -98,7 +98,7 @@ def _model_config(config_type, data: InteractionData, options: TrainOptions, **f
     return config_type(
         model=transformer,
         emb_size=options.emb_size,
-        history_seq_len=options.history_len,
+        history_seq_len=options.history_seq_len,
         fprop_dtype=jnp.float32,
         hash_config=_hash_config(data),
         product_surface_vocab_size=data.num_surfaces,
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     stream = RetrievalStream(
         split,
         options.batch_size,
-        options.history_len,
+        options.history_seq_len,
         num_negatives=options.num_negatives,
         seed=options.seed,
     )
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
         ranking_stream = RankingStream(
             split,
             options.batch_size,
-            options.history_len,
+            options.history_seq_len,
             options.num_candidates,
             seed=options.seed,
         )

@@ -201,7 +201,7 @@ def test_leave_last_out_orders_by_time(standard_dir):
 def test_batches_carry_history_and_features(standard_dir):
     data = load_movielens_100k(standard_dir)
     split = leave_last_out(data)
-    batch = eval_users_batch(split, np.array([1, 2]), history_len=3)
+    batch = eval_users_batch(split, np.array([1, 2]), history_seq_len=3)
     # Right-aligned history, padding first: user 1 saw items 1 then 3.
     np.testing.assert_array_equal(batch.history_post_hashes[0, :, 0], [0, 1, 3])
     np.testing.assert_array_equal(batch.history_post_hashes[1, :, 0], [0, 0, 3])

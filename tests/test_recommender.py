@@ -16,7 +16,7 @@ QUICK = px.FitOptions(
     key_size=8,
     num_heads=2,
     num_layers=1,
-    history_len=12,
+    history_seq_len=12,
     epochs=12,
     batch_size=64,
     learning_rate=2e-2,
@@ -133,8 +133,8 @@ def test_recommend_rejects_bad_k_and_empty_histories(fitted):
 
 
 def test_fit_options_reject_out_of_range_values():
-    with pytest.raises(ValueError, match="history_len"):
-        px.FitOptions(history_len=201)
+    with pytest.raises(ValueError, match="history_seq_len"):
+        px.FitOptions(history_seq_len=201)
     with pytest.raises(ValueError, match="action_weights"):
         px.FitOptions(action_weights=(("no_such_action", 1.0),))
 

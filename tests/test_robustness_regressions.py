@@ -238,7 +238,7 @@ def test_the_command_line_resumes_from_a_checkpoint_saved_through_the_library(tm
     from phoenix_eqx import train
 
     split = leave_last_out(synthetic_interactions(num_users=40, num_items=30, seed=0))
-    options = train.TrainOptions(emb_size=8, key_size=4, history_len=4, batch_size=16)
+    options = train.TrainOptions(emb_size=8, key_size=4, history_seq_len=4, batch_size=16)
     data = split.data
     model = TrainableRanker(
         train.ranking_config(data, options),

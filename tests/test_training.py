@@ -49,11 +49,11 @@ def _hash_config(data) -> HashConfig:
     )
 
 
-def _retriever(data, history_len=8, seed=0, **overrides) -> TrainableRetriever:
+def _retriever(data, history_seq_len=8, seed=0, **overrides) -> TrainableRetriever:
     config = PhoenixRetrievalModelConfig(
         model=_transformer(**overrides),
         emb_size=EMB,
-        history_seq_len=history_len,
+        history_seq_len=history_seq_len,
         candidate_seq_len=1,
         fprop_dtype=jnp.float32,
         hash_config=_hash_config(data),
@@ -68,11 +68,11 @@ def _retriever(data, history_len=8, seed=0, **overrides) -> TrainableRetriever:
     )
 
 
-def _ranker(data, history_len=8, candidates=4, seed=0) -> TrainableRanker:
+def _ranker(data, history_seq_len=8, candidates=4, seed=0) -> TrainableRanker:
     config = PhoenixModelConfig(
         model=_transformer(),
         emb_size=EMB,
-        history_seq_len=history_len,
+        history_seq_len=history_seq_len,
         candidate_seq_len=candidates,
         fprop_dtype=jnp.float32,
         hash_config=_hash_config(data),
@@ -310,7 +310,7 @@ def test_the_command_line_trains_evaluates_and_resumes(tmp_path, capsys):
         f"--checkpoint-dir={tmp_path / 'checkpoints'}",
         "--emb-size=16",
         "--key-size=8",
-        "--history-len=8",
+        "--history-seq-len=8",
         "--batch-size=64",
         "--num-negatives=16",
         "--retrieval-epochs=0.5",

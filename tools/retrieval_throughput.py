@@ -37,12 +37,12 @@ def timed(step, model, examples):
 
 
 # Today's path: the library's own hashes and stream, one positive per example.
-stream = RetrievalStream(split, options.batch_size, options.history_len, seed=0)
+stream = RetrievalStream(split, options.batch_size, options.history_seq_len, seed=0)
 retriever = px.training.TrainableRetriever(
     px.PhoenixRetrievalModelConfig(
         model=_build_models(options, data.num_items, key=jax.random.key(0))[0].config.model,
         emb_size=options.emb_size,
-        history_seq_len=options.history_len,
+        history_seq_len=options.history_seq_len,
         fprop_dtype=jnp.float32,
         hash_config=px.HashConfig(
             data.user_hashes.shape[1], data.post_hashes.shape[1], data.author_hashes.shape[1]
@@ -61,9 +61,9 @@ one = timed(
 )
 print(f"one target per pass: {one[0]:,.0f} targets/s wall, {one[1]:,.0f} per CPU-second")
 
-# All positions: each user's latest history_len training items, every position a target.
+# All positions: each user's latest history_seq_len training items, every position a target.
 sequences = [split.items[u, : split.train_lengths[u]] for u in range(1, data.num_users + 1)]
-windows = _windows(sequences, options.history_len)
+windows = _windows(sequences, options.history_seq_len)
 targets = np.concatenate([windows, np.zeros((len(windows), 1), np.int32)], axis=1)
 corpus = jnp.arange(data.num_items + 1, dtype=jnp.int32)[:, None]
 rng = np.random.default_rng(0)

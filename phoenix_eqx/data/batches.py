@@ -19,13 +19,13 @@ def make_batch(
     users: np.ndarray,
     ends: np.ndarray,
     candidates: np.ndarray,
-    history_len: int,
+    history_seq_len: int,
 ) -> RecsysBatch:
-    """Users' histories (their last `history_len` items before position `ends`, right-aligned:
+    """Users' histories (their last `history_seq_len` items before position `ends`, right-aligned:
     padding first) and the given candidate items `[batch, C]` (0 = padding candidate)."""
     data = split.data
     users, ends = np.asarray(users), np.asarray(ends)
-    positions = ends[:, None] + np.arange(-history_len, 0)[None, :]
+    positions = ends[:, None] + np.arange(-history_seq_len, 0)[None, :]
     valid = positions >= 0
     safe = np.maximum(positions, 0)
     history = np.where(valid, split.items[users[:, None], safe], 0)
@@ -73,19 +73,19 @@ def sample_unseen(
 
 
 class _Stream:
-    def __init__(self, split: SequenceSplit, batch_size: int, history_len: int, seed: int):
+    def __init__(self, split: SequenceSplit, batch_size: int, history_seq_len: int, seed: int):
         self.examples = split.train_examples()
         if batch_size < 1 or batch_size > len(self.examples):
             raise ValueError(
                 f"batch_size: expected 1..{len(self.examples)} (the training examples), "
                 f"got {batch_size}"
             )
-        if history_len < 0:
-            raise ValueError(f"history_len: expected >= 0, got {history_len}")
-        self.split, self.batch_size, self.history_len, self.seed = (
+        if history_seq_len < 0:
+            raise ValueError(f"history_seq_len: expected >= 0, got {history_seq_len}")
+        self.split, self.batch_size, self.history_seq_len, self.seed = (
             split,
             batch_size,
-            history_len,
+            history_seq_len,
             seed,
         )
 
@@ -114,12 +114,12 @@ class RetrievalStream(_Stream):
         self,
         split: SequenceSplit,
         batch_size: int,
-        history_len: int,
+        history_seq_len: int,
         *,
         num_negatives: int = 0,
         seed: int = 0,
     ):
-        super().__init__(split, batch_size, history_len, seed)
+        super().__init__(split, batch_size, history_seq_len, seed)
         if num_negatives < 0:
             raise ValueError(f"num_negatives: expected >= 0, got {num_negatives}")
         self.num_negatives = num_negatives
@@ -137,7 +137,9 @@ class RetrievalStream(_Stream):
         data = self.split.data
         negatives = rng.integers(1, data.num_items + 1, size=self.num_negatives)
         return RetrievalExample(
-            batch=make_batch(self.split, users, positions, positives[:, None], self.history_len),
+            batch=make_batch(
+                self.split, users, positions, positives[:, None], self.history_seq_len
+            ),
             positive_log_q=jnp.asarray(self.log_q[positives]),
             negative_post_hashes=jnp.asarray(data.post_hashes[negatives]),
             negative_author_hashes=jnp.asarray(data.author_hashes[negatives]),
@@ -154,12 +156,12 @@ class RankingStream(_Stream):
         self,
         split: SequenceSplit,
         batch_size: int,
-        history_len: int,
+        history_seq_len: int,
         num_candidates: int,
         *,
         seed: int = 0,
     ):
-        super().__init__(split, batch_size, history_len, seed)
+        super().__init__(split, batch_size, history_seq_len, seed)
         if num_candidates < 1:
             raise ValueError(f"num_candidates: expected >= 1, got {num_candidates}")
         self.num_candidates = num_candidates
@@ -176,7 +178,7 @@ class RankingStream(_Stream):
             self.split.actions[users, positions],
             self.seen,
             self.num_candidates,
-            self.history_len,
+            self.history_seq_len,
             rng,
         )
 
@@ -189,7 +191,7 @@ def ranking_example(
     positive_actions: np.ndarray,
     seen: np.ndarray,
     num_candidates: int,
-    history_len: int,
+    history_seq_len: int,
     rng: np.random.Generator,
 ) -> RankingExample:
     """One positive (with its actions) and `num_candidates - 1` unseen negatives per user, in
@@ -203,20 +205,20 @@ def ranking_example(
     candidates = np.take_along_axis(candidates, slots, axis=1)
     labels = np.take_along_axis(labels, slots[..., None], axis=1)
     return RankingExample(
-        batch=make_batch(split, users, ends, candidates, history_len),
+        batch=make_batch(split, users, ends, candidates, history_seq_len),
         labels=jnp.asarray(labels),
     )
 
 
-def eval_users_batch(split: SequenceSplit, users: np.ndarray, history_len: int) -> RecsysBatch:
+def eval_users_batch(split: SequenceSplit, users: np.ndarray, history_seq_len: int) -> RecsysBatch:
     """Test users with their whole training sequence as history and no candidates."""
     users = np.asarray(users)
     empty = np.zeros((users.shape[0], 0), np.int64)
-    return make_batch(split, users, split.train_lengths[users], empty, history_len)
+    return make_batch(split, users, split.train_lengths[users], empty, history_seq_len)
 
 
 def eval_ranking_example(
-    split: SequenceSplit, users: np.ndarray, num_candidates: int, history_len: int, seed: int
+    split: SequenceSplit, users: np.ndarray, num_candidates: int, history_seq_len: int, seed: int
 ) -> RankingExample:
     """Each test user's held-out item among `num_candidates - 1` unseen items."""
     users = np.asarray(users)
@@ -228,6 +230,6 @@ def eval_ranking_example(
         split.actions[users, split.train_lengths[users]],
         split.seen_matrix(),
         num_candidates,
-        history_len,
+        history_seq_len,
         np.random.default_rng([seed, 2]),
     )
