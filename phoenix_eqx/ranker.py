@@ -129,16 +129,13 @@ class PhoenixModel(eqx.Module):
 
 
 def _check_offset(offset):
-    """A non-negative candidate offset: checked eagerly when static, in-graph when traced."""
-    if isinstance(offset, jax.core.Tracer) or (
-        isinstance(offset, jax.Array) and jnp.issubdtype(offset.dtype, jnp.integer)
-    ):
-        if offset.shape != () or not jnp.issubdtype(offset.dtype, jnp.integer):
-            raise ValueError(
-                f"offset: expected an integer scalar, got {offset.dtype}{offset.shape}"
-            )
-        return eqx.error_if(offset, offset < 0, "offset: expected >= 0")
-    return static_int(offset, "offset", minimum=0)
+    """A non-negative candidate offset: a static integer checked now, or an integer scalar
+    array (traced, so one compilation serves every offset) checked in-graph."""
+    if not isinstance(offset, jax.Array):
+        return static_int(offset, "offset", minimum=0)
+    if offset.shape != () or not jnp.issubdtype(offset.dtype, jnp.integer):
+        raise ValueError(f"offset: expected an integer scalar, got {offset.dtype}{offset.shape}")
+    return eqx.error_if(offset, offset < 0, "offset: expected >= 0")
 
 
 def ranking_output(
