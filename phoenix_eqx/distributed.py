@@ -9,6 +9,10 @@
 - Data-parallel training (`data_parallel`) runs an unchanged train step on a batch split over
   the mesh with the model and optimiser state replicated; XLA inserts the gradient all-reduce.
   The loss is the global batch's loss, so one step equals the single-device step.
+- Several processes (`jax.distributed.initialize`, each process owning its local devices) run
+  the same code on `global_mesh`, a mesh of every process's devices: each process keeps the rows
+  `process_local_slice` gives it of a global batch (or corpus) and `make_global_batch` assembles
+  the global arrays from those rows without moving them between processes.
 """
 
 from collections.abc import Callable
@@ -17,6 +21,7 @@ from typing import Any, SupportsIndex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, PyTree
 
@@ -36,6 +41,75 @@ def make_mesh(axis_name: str = "batch", num_devices: int | None = None) -> Mesh:
         raise ValueError(f"num_devices: expected 1..{available} (the devices), got {num_devices}")
     # Auto axes: jit places unannotated intermediates itself (GSPMD), as data parallelism needs.
     return jax.make_mesh((count,), (axis_name,), (AxisType.Auto,), devices=jax.devices()[:count])
+
+
+def global_mesh(axis_name: str = "batch") -> Mesh:
+    """A one-axis mesh over every device of every process, ordered by process.
+
+    Under `jax.distributed.initialize` each process addresses only its own devices; ordering the
+    mesh by process gives each process one contiguous block of any array split over the axis,
+    the block `process_local_slice` names. In a single process this is `make_mesh(axis_name)`.
+    """
+    devices = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+    return Mesh(np.array(devices), (axis_name,), axis_types=(AxisType.Auto,))
+
+
+def _local_block(size: int, mesh: Mesh, axis_name: str, name: str) -> tuple[int, int]:
+    """Start and stop of the rows this process's devices hold of a `size`-row array (argument
+    `name`) split over `axis_name` (the mesh's other axes replicate it)."""
+    _check_divisible(size, mesh, axis_name, name)
+    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+    blocks = sorted(
+        {
+            index[0].indices(size)[:2]
+            for index in sharding.addressable_devices_indices_map((size,)).values()
+        }
+    )
+    for (_, stop), (start, _) in zip(blocks[:-1], blocks[1:], strict=True):
+        if stop != start:
+            raise ValueError(
+                f"mesh: expected this process's devices adjacent along axis {axis_name!r} (as "
+                f"global_mesh orders them), got rows {blocks}"
+            )
+    return blocks[0][0], blocks[-1][1]
+
+
+def process_local_slice(global_batch_size: int, mesh: Mesh, axis_name: str = "batch") -> slice:
+    """The rows of a `global_batch_size`-row batch that this process feeds, under `mesh`.
+
+    A pure function of the mesh and the process index: slicing the batch a stream gives for
+    `(seed, step)` with it hands every process the same share at every step, so a resumed run
+    replays the same global batches. It is all rows when one process owns the whole axis.
+    """
+    start, stop = _local_block(global_batch_size, mesh, axis_name, "global_batch_size")
+    return slice(start, stop)
+
+
+def make_global_batch(local_tree: PyTree, mesh: Mesh, axis_name: str = "batch") -> PyTree:
+    """Global arrays split over `axis_name` from each process's rows of them.
+
+    Every process calls this with its `process_local_slice` of the batch (or corpus); each array
+    leaf becomes a global array whose leading axis is the concatenation, in process order, of
+    the processes' rows, placed where `shard_batch` would place the whole. Non-array leaves are
+    kept.
+    """
+    axis_size = _axis_size(mesh, axis_name)
+    start, stop = _local_block(axis_size, mesh, axis_name, "mesh")
+    local_shards = stop - start
+    sharding = NamedSharding(mesh, PartitionSpec(axis_name))
+
+    def assemble(leaf):
+        if not eqx.is_array(leaf):
+            return leaf
+        if not leaf.shape or leaf.shape[0] % local_shards:
+            raise ValueError(
+                f"local_tree: expected arrays whose leading size divides by this process's "
+                f"{local_shards} devices on axis {axis_name!r}, got shape {leaf.shape}"
+            )
+        global_shape = (leaf.shape[0] // local_shards * axis_size, *leaf.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, leaf, global_shape)
+
+    return jax.tree.map(assemble, local_tree)
 
 
 def _axis_size(mesh: Mesh, axis_name: str) -> int:
@@ -165,10 +239,15 @@ def sharded_retrieve(
     """`inference.retrieve` against a corpus whose rows are split over mesh axis `axis_name`.
 
     Users are encoded once, then each device selects its rows' top-k and the per-shard
-    results are merged into the exact global top-k (indices into the whole corpus).
+    results are merged into the exact global top-k (indices into the whole corpus). The model
+    and users not yet on the mesh are replicated onto it, so a corpus assembled across processes
+    (`make_global_batch`) needs nothing more from the caller.
     """
     _check_divisible(corpus.embeddings.shape[0], mesh, axis_name, "corpus.embeddings")
     k = static_int(k, "k", minimum=1, maximum=corpus.embeddings.shape[0])
+    model, batch, embeddings = jax.tree.map(
+        lambda x: x if _is_placed(x, mesh) else replicate(x, mesh), (model, batch, embeddings)
+    )
     return _sharded_retrieve(model, batch, embeddings, corpus, k, mesh, axis_name, implementation)
 
 
