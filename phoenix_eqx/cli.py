@@ -229,7 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     demo.add_argument("--corpus-size", type=int, default=5_000, help="--seed-tour: corpus")
     demo.add_argument("--top-k", type=int, default=10, help="--seed-tour: retrieved posts")
     # `train` forwards everything after it to `python -m phoenix_eqx.train`.
-    commands.add_parser("train", help="train and evaluate on MovieLens-100K", add_help=False)
+    commands.add_parser(
+        "train",
+        help="train and evaluate on MovieLens (python -m phoenix_eqx.train)",
+        add_help=False,
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "train":
         from .train import main as train_main

@@ -385,7 +385,9 @@ def _retrieval_scores(
 
 def _chunk_bounds(num_users: int) -> list[tuple[int, int]]:
     """`(start, stop)` of `EVAL_CHUNK`-user chunks."""
-    return [(start, min(start + EVAL_CHUNK, num_users)) for start in range(0, num_users, EVAL_CHUNK)]
+    return [
+        (start, min(start + EVAL_CHUNK, num_users)) for start in range(0, num_users, EVAL_CHUNK)
+    ]
 
 
 def _rank_in_chunks(
@@ -428,14 +430,14 @@ ValidationRecord = tuple[float, str, int, float]
 def _report(
     console: Console,
     history: list[ValidationRecord],
-    started: float,
+    fit_started: float,
     stage: str,
     epoch: int,
     loss: float,
     metrics,
     rate: float,
 ) -> None:
-    history.append((time.perf_counter() - started, stage, epoch, metrics["hr@10"]))
+    history.append((time.perf_counter() - fit_started, stage, epoch, metrics["hr@10"]))
     console.print(
         f"{stage} epoch {epoch}: loss {loss:.4f}  valid HR@10 {metrics['hr@10']:.4f}  "
         f"NDCG@10 {metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
@@ -450,7 +452,7 @@ def _train_retriever(
     console: Console,
     deadline: float,
     history: list[ValidationRecord],
-    started: float,
+    fit_started: float,
 ) -> tuple[TrainableRetriever, dict[str, float]]:
     """All-positions training, one epoch = every user once; keeps the best validation epoch."""
     num_items = retriever.tables.post_table.shape[0] - 1
@@ -509,7 +511,16 @@ def _train_retriever(
                     break
             rate = trained / (time.perf_counter() - started)
             metrics = validation.metrics(retriever, None, options)
-            _report(console, history, started, "retrieval", epoch, float(np.mean(losses)), metrics, rate)
+            _report(
+                console,
+                history,
+                fit_started,
+                "retrieval",
+                epoch,
+                float(np.mean(losses)),
+                metrics,
+                rate,
+            )
             if metrics["hr@10"] > best_metrics["hr@10"]:
                 best, best_metrics, stale = retriever, metrics, 0
             else:
@@ -529,7 +540,7 @@ def _train_ranker(
     console: Console,
     deadline: float,
     history: list[ValidationRecord],
-    started: float,
+    fit_started: float,
 ) -> tuple[TrainableRanker, dict[str, float]]:
     """The ranker on what retrieval returns: per user and epoch, a random position's true item
     plus the retriever's best other items for that prefix, all in one candidate-isolated pass."""
@@ -600,7 +611,16 @@ def _train_ranker(
                     break
             rate = trained / (time.perf_counter() - started)
             metrics = validation.metrics(retriever, ranker, options)
-            _report(console, history, started, "ranker", epoch, float(np.mean(losses)), metrics, rate)
+            _report(
+                console,
+                history,
+                fit_started,
+                "ranker",
+                epoch,
+                float(np.mean(losses)),
+                metrics,
+                rate,
+            )
             if metrics["hr@10"] > best_metrics["hr@10"]:
                 best, best_metrics, stale = ranker, metrics, 0
             else:
@@ -830,7 +850,7 @@ class Recommender:
         use_ranker: bool | None = None,
     ) -> Float[np.ndarray, "users items"]:
         """Scores `[U, num_items]` of every item for each user, columns in `item_ids` order:
-        the full-corpus ranking that `recommend` serves the first `k` of (for evaluation).
+        the full-corpus ranking whose first `k` (`k <= num_retrieved`) `recommend` serves.
 
         Arguments as in `recommend`. Retrieval alone: the dot products of user and item
         vectors. With the ranker (`use_ranker`, default validation's choice): the

@@ -329,3 +329,48 @@ def test_the_command_line_trains_evaluates_and_resumes(tmp_path, capsys):
     again = main(argv)
     assert "resumed from" in capsys.readouterr().out
     assert again["retrieval"] == report["retrieval"]
+
+
+def test_the_leave_two_out_protocol_evaluates_the_test_items_once(tmp_path, monkeypatch):
+    from phoenix_eqx import train
+
+    calls = []
+    evaluate = train.recommender_test_metrics
+
+    def counted(rec, split, use_ranker):
+        calls.append(use_ranker)
+        return evaluate(rec, split, use_ranker)
+
+    monkeypatch.setattr(train, "recommender_test_metrics", counted)
+    metrics_path = tmp_path / "metrics.json"
+    argv = [
+        "--dataset=synthetic",
+        f"--metrics-json={metrics_path}",
+        "--plot=",
+        "--emb-size=8",
+        "--key-size=4",
+        "--num-heads=1",
+        "--num-layers=1",
+        "--history-seq-len=8",
+        "--epochs=1",
+        "--ranker-epochs=0",  # retrieval alone keeps the test fast
+        "--budget=20",
+    ]
+    report = train.main(argv)
+    assert calls == [False]  # the reported row's test items, once
+    assert json.loads(metrics_path.read_text()) == json.loads(json.dumps(report))
+    assert report["protocol"]["name"] == "leave-two-out"
+    sizes = report["sizes"]
+    assert sizes["fit_interactions"] == sizes["interactions"] - sizes["evaluated_users"]
+    assert report["options"]["time_budget_s"] == 20.0
+    rows = report["results"]
+    assert set(rows) == {"popularity", "recent item-kNN", "EASE", "Phoenix retrieval alone"}
+    for row in rows.values():
+        for mode in ("seen_excluded", "seen_included"):
+            assert set(row["test"][mode]) == {
+                f"{name}@{k}" for name in ("hit_rate", "ndcg") for k in (10, 20, 50)
+            }
+    assert rows["Phoenix retrieval alone"]["validation"] == report["validation"]["retrieval"]
+    assert [entry["stage"] for entry in report["validation_history"]] == ["retrieval"]
+    assert report["published"] == {}  # published rows are MovieLens-1M's only
+    assert {"date", "command", "machine", "seconds", "fit_seconds"} <= set(report)
