@@ -22,12 +22,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Two workers: most tests wait on single-threaded compilation, so both CPU cores get used.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # More hypothesis examples than CI runs; for hand runs before a release.
 test-full: $(STAMP)
-	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -n 2
 
 bench-attention: $(STAMP)
 	$(BIN)/python -m phoenix_eqx.kernels.bench attention
