@@ -444,6 +444,15 @@ def _report(
     )
 
 
+def _keep_best(state: tuple, model, metrics: dict[str, float]) -> tuple:
+    """Early stopping's bookkeeping, `(best model, its metrics, epochs since it)`, after an
+    epoch that gave `model` with validation `metrics` (a strictly better HR@10 replaces it)."""
+    best, best_metrics, stale = state
+    if metrics["hr@10"] > best_metrics["hr@10"]:
+        return model, metrics, 0
+    return best, best_metrics, stale + 1
+
+
 def _train_retriever(
     retriever: TrainableRetriever,
     sequences: list[np.ndarray],
@@ -521,10 +530,7 @@ def _train_retriever(
                 metrics,
                 rate,
             )
-            if metrics["hr@10"] > best_metrics["hr@10"]:
-                best, best_metrics, stale = retriever, metrics, 0
-            else:
-                stale += 1
+            best, best_metrics, stale = _keep_best((best, best_metrics, stale), retriever, metrics)
             if stale >= options.patience or time.perf_counter() > deadline:
                 break
     return best, best_metrics
@@ -621,10 +627,7 @@ def _train_ranker(
                 metrics,
                 rate,
             )
-            if metrics["hr@10"] > best_metrics["hr@10"]:
-                best, best_metrics, stale = ranker, metrics, 0
-            else:
-                stale += 1
+            best, best_metrics, stale = _keep_best((best, best_metrics, stale), ranker, metrics)
             if stale >= options.patience or time.perf_counter() > deadline:
                 break
     return best, best_metrics
