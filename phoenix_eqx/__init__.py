@@ -15,8 +15,14 @@ from .embedding import HashEmbeddingTables, InputEmbedding
 from .example_data import create_example_batch, create_example_corpus
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
 from .ranker import PhoenixModel
-from .recommender import FitOptions, Recommender, read_interactions_csv
+from .recommender import (
+    FitOptions,
+    Recommender,
+    read_interactions_csv,
+    read_interactions_parquet,
+)
 from .retrieval import CandidateTower, PhoenixRetrievalModel
+from .sharded_tables import ShardedHashEmbeddingTables, shard_tables, sharded_lookup_rows
 from .transformer import (
     Attention,
     DecoderLayer,
@@ -50,6 +56,7 @@ __all__ = [
     "RecsysBatch",
     "RecsysEmbeddings",
     "RetrievalOutput",
+    "ShardedHashEmbeddingTables",
     "Transformer",
     "TransformerConfig",
     "apply_rotary",
@@ -65,6 +72,9 @@ __all__ = [
     "kernels",
     "presets",
     "read_interactions_csv",
+    "read_interactions_parquet",
     "serving",
+    "shard_tables",
+    "sharded_lookup_rows",
     "training",
 ]

@@ -87,8 +87,6 @@ def run_movielens_demo(
         emb_size=32,
         key_size=16,
         history_seq_len=50,
-        batch_size=64,
-        learning_rate=3e-3,
         patience=8,  # validation on 943 users is noisy; the loss still falls for many epochs
         ranker_epochs=3,
         time_budget_s=budget_s,

@@ -33,6 +33,7 @@ ACTIONS: tuple[str, ...] = (
 HistoryAttention = Literal["causal", "bidirectional"]
 CandidatePositions = Literal["sequential", "shared"]
 CapMethod = Literal["tanh", "soft_sign"]
+UserPooling = Literal["mean", "last"]
 AttentionImplementation = Literal["auto", "xla", "pallas"]
 
 
@@ -211,7 +212,23 @@ class PhoenixModelConfig(PhoenixConfig):
 
 @dataclasses.dataclass(frozen=True)
 class PhoenixRetrievalModelConfig(PhoenixConfig):
-    """The two-tower retrieval model (`candidate_seq_len` is unused by retrieval itself)."""
+    """The two-tower retrieval model (`candidate_seq_len` is unused by retrieval itself).
+
+    `user_pooling` turns the user tower's outputs into one vector: `"mean"` over the valid
+    positions (the seed), or `"last"`, the output at the last valid position, which with the
+    causal tower has attended to the whole history and weighs recent items as it learned to
+    (the SASRec reading).
+    """
+
+    _: dataclasses.KW_ONLY
+    user_pooling: UserPooling = "mean"
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(
+            self.user_pooling in ("mean", "last"),
+            f"user_pooling: expected 'mean' or 'last', got {self.user_pooling!r}",
+        )
 
 
 def transformer_config(

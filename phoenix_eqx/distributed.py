@@ -12,7 +12,8 @@
 - Several processes (`jax.distributed.initialize`, each process owning its local devices) run
   the same code on `global_mesh`, a mesh of every process's devices: each process keeps the rows
   `process_local_slice` gives it of a global batch (or corpus) and `make_global_batch` assembles
-  the global arrays from those rows without moving them between processes.
+  the global arrays from those rows without moving them between processes; `local_replica`
+  gives each process its own copy of a replicated model to evaluate or serve alone.
 """
 
 from collections.abc import Callable
@@ -145,6 +146,25 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     """Place a full copy of every array of `tree` on every device of the mesh."""
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: jax.device_put(x, sharding) if eqx.is_array(x) else x, tree)
+
+
+def local_replica(tree: PyTree) -> PyTree:
+    """This process's own copy of a replicated tree (such as a model `data_parallel` trained),
+    for work each process does alone (evaluation, serving) without collectives.
+
+    The arrays are copied, bit for bit, through host memory onto the default device,
+    uncommitted like freshly made ones: jitted functions called with them reuse the
+    compilations of single-device arrays and may mix them with arrays on that device.
+    """
+
+    def local(leaf):
+        if not isinstance(leaf, jax.Array):
+            return leaf
+        if not leaf.is_fully_replicated:
+            raise ValueError(f"tree: expected replicated arrays, got one placed as {leaf.sharding}")
+        return jnp.asarray(np.asarray(leaf))
+
+    return jax.tree.map(local, tree)
 
 
 def _per_device(function: Callable, mesh: Mesh, axis_name: str, num_replicated: int) -> Callable:

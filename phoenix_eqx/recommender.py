@@ -21,7 +21,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,10 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import distributed
 from .config import (
     ACTIONS,
     HashConfig,
@@ -45,11 +48,11 @@ from .data.interactions import rating_actions
 from .inputs import RecsysBatch
 from .kernels import corpus_top_k
 from .training.losses import ranking_loss
-from .training.models import TrainableRanker, TrainableRetriever
+from .training.models import TrainableRanker, TrainableRetriever, warm_start_ranker
 from .training.sequential import SequenceExample, SequenceLoss, all_positions_objective
-from .training.steps import init_optimizer, make_train_step
+from .training.steps import Objective, TrainStep, init_optimizer, make_train_step
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: side features (features.npz)
 # Implicit feedback: every row is an engagement, seen as a click and a favorite.
 ENGAGED = ("click_score", "favorite_score")
 # Users are fed through one shared row: the user token is a learned start-of-sequence token,
@@ -57,6 +60,8 @@ ENGAGED = ("click_score", "favorite_score")
 SHARED_USER_ROW = 1
 EVAL_CHUNK = 256
 MIN_CHUNK = 32
+# The narrowest training window: shorter sequences share its batches (and compilation).
+MIN_WIDTH = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +69,26 @@ class FitOptions:
     """How `Recommender.fit` builds and trains the two models. Every field has a default.
 
     Model: `emb_size`, `num_layers`, `num_heads`, `key_size` size both transformers;
-    `history_seq_len` (1..200) is how many of a user's latest items they read.
-    Retrieval: up to `epochs` passes over the users (`batch_size` sequences a step, every
-    position a target), Adam at `learning_rate`; `loss` is `"full"` (softmax over every item),
+    `history_seq_len` (1..200) is how many of a user's latest items they read;
+    `user_pooling` how the retrieval tower's outputs become the user vector
+    (`PhoenixRetrievalModelConfig.user_pooling`); `table_init_std` the hash tables' initial
+    scale (`HashEmbeddingTables`).
+    Retrieval: up to `epochs` passes over the users, every position a target, Adam at
+    `learning_rate`. A step holds `batch_size` sequences of the full `history_seq_len`, or
+    proportionally more shorter ones (sequences are batched by length to skip padding);
+    `loss` is `"full"` (softmax over every item),
     `"sampled"` (in-batch negatives with logQ correction) or `"auto"` (full up to
     `full_softmax_max_items` items). Training stops after `patience` epochs without a better
     validation HR@10 and keeps the best epoch.
     Ranker: `ranker_epochs` passes, each user once per pass at a random position of its
     sequence, with `ranker_candidates` candidates: the true next item plus the retriever's
-    best other items (hard negatives).
+    best other items (hard negatives). With `ranker_warm_start` it starts from the trained
+    retriever's tables, transformer and history input layer (`training.warm_start_ranker`).
     Serving: `num_retrieved` items from retrieval go to the ranker; the final order is by
     `sum(weight * probability)` over `action_weights` (action name, weight) pairs.
     `time_budget_s` caps the wall-clock time of fit (retrieval gets `retrieval_share` of it).
     `seed` fixes initialisation and data order; `verbose` shows progress and epoch lines.
+    The defaults were chosen on MovieLens-1M validation items (docs/recommender.md).
     """
 
     emb_size: int = 64
@@ -84,18 +96,21 @@ class FitOptions:
     num_heads: int = 2
     key_size: int = 32
     history_seq_len: int = 200
+    user_pooling: Literal["mean", "last"] = "last"
+    table_init_std: float = 0.05
     epochs: int = 100
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    batch_size: int = 16
+    learning_rate: float = 2e-3
     loss: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = 50_000
-    patience: int = 3
+    patience: int = 5
     ranker_epochs: int = 10
     ranker_candidates: int = 32
+    ranker_warm_start: bool = True
     num_retrieved: int = 200
     action_weights: tuple[tuple[str, float], ...] = (("click_score", 1.0), ("favorite_score", 0.25))
     time_budget_s: float | None = None
-    retrieval_share: float = 0.75
+    retrieval_share: float = 0.85
     seed: int = 0
     verbose: bool = True
 
@@ -126,6 +141,10 @@ class FitOptions:
             raise ValueError(f"key_size: expected even (rotary), got {self.key_size}")
         if not 1 <= self.history_seq_len <= 200:
             raise ValueError(f"history_seq_len: expected 1..200, got {self.history_seq_len}")
+        if not self.table_init_std > 0:
+            raise ValueError(f"table_init_std: expected > 0, got {self.table_init_std}")
+        if self.user_pooling not in ("mean", "last"):
+            raise ValueError(f"user_pooling: expected 'mean' or 'last', got {self.user_pooling!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
         if self.loss not in ("auto", "full", "sampled"):
@@ -202,22 +221,156 @@ def _windows(sequences: list[np.ndarray], history_seq_len: int) -> np.ndarray:
     return windows
 
 
+# Side features: `{column name: {id: categorical value}}`.
+SideFeatures = Mapping[str, Mapping[Hashable, Hashable]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _FeatureHashes:
+    """Phoenix's hashes of every item row and every user known from fit.
+
+    Item row `r` hashes to `item_hashes[r]`: post row `r` (its id), then one post row per item
+    column. A known user hashes to `user_hashes[user]`: `SHARED_USER_ROW`, then one user row per
+    user column. A column's values get rows of their own after the ids' rows (item rows
+    `1..num_items`, the shared user row), numbered column after column, so no two collide; an
+    id without a value in a column gets 0 there, padding (a zero embedding). Without columns
+    the hashes are the ids alone.
+    """
+
+    item_columns: tuple[str, ...]
+    user_columns: tuple[str, ...]
+    item_hashes: Int[np.ndarray, "rows item_hashes"]
+    user_hashes: dict[Hashable, Int[np.ndarray, " user_hashes"]]
+    num_post_rows: int
+    num_user_rows: int
+
+    def user_rows(self, users: Sequence[Hashable]) -> Int[np.ndarray, "users user_hashes"]:
+        """`[len(users), user_hashes]`: the users' hashes; a user unknown to fit gets the shared
+        row and padding for its features (`unknown_user`)."""
+        rows = np.empty((len(users), 1 + len(self.user_columns)), np.int32)
+        for index, user in enumerate(users):
+            rows[index] = self.user_hashes.get(user, self.unknown_user)
+        return rows
+
+    @property
+    def unknown_user(self) -> Int[np.ndarray, " user_hashes"]:
+        return np.array([SHARED_USER_ROW] + [0] * len(self.user_columns), np.int32)
+
+
+def _feature_columns(
+    features: SideFeatures | None, name: str, ids: list
+) -> list[tuple[str, dict[Hashable, Hashable]]]:
+    """The validated columns of `features` (`name`: the argument), ids and values as plain
+    Python values; `ids` are the log's, of which every column must name at least one."""
+    if features is None:
+        return []
+    if not isinstance(features, Mapping):
+        raise ValueError(
+            f"{name}: expected a mapping {{column name: {{id: value}}}}, "
+            f"got {type(features).__name__}"
+        )
+    known = set(ids)
+    columns = []
+    for column, values in features.items():
+        if not isinstance(column, str):
+            raise ValueError(f"{name}: expected str column names, got {column!r}")
+        where = f"{name}[{column!r}]"
+        if not isinstance(values, Mapping):
+            raise ValueError(
+                f"{where}: expected a mapping {{id: value}}, got {type(values).__name__}"
+            )
+        if not values:
+            raise ValueError(f"{where}: expected at least one value, got an empty column")
+        plain = {}
+        for key, value in values.items():
+            value = _plain(value)
+            try:
+                hash(value)
+            except TypeError:
+                raise ValueError(
+                    f"{where}: expected hashable values, got {value!r} for id {key!r}"
+                ) from None
+            plain[_plain(key)] = value
+        if known.isdisjoint(plain):
+            raise ValueError(
+                f"{where}: expected ids from the log (like {ids[0]!r}), got none of them "
+                f"(first {next(iter(plain))!r})"
+            )
+        columns.append((column, plain))
+    return columns
+
+
+def _value_rows(
+    ids: list, columns: list[tuple[str, dict[Hashable, Hashable]]], first_row: int
+) -> tuple[Int[np.ndarray, "ids columns"], int]:
+    """Each id's row for its value in each column (0 without one), values numbered from
+    `first_row` in order of first appearance, column after column; and the next free row."""
+    rows = np.zeros((len(ids), len(columns)), np.int32)
+    next_row = first_row
+    for index, (_, values) in enumerate(columns):
+        numbered: dict[Hashable, int] = {}
+        for position, entity in enumerate(ids):
+            if entity in values:
+                rows[position, index] = numbered.setdefault(
+                    values[entity], next_row + len(numbered)
+                )
+        next_row += len(numbered)
+    return rows, next_row
+
+
+def _feature_hashes(
+    item_ids: list,
+    user_ids: list,
+    item_columns: Sequence[tuple[str, dict[Hashable, Hashable]]] = (),
+    user_columns: Sequence[tuple[str, dict[Hashable, Hashable]]] = (),
+) -> _FeatureHashes:
+    """The hashes of `item_ids` (rows `1..`) and `user_ids` with the given side-feature
+    columns (`_feature_columns`); none: the ids alone."""
+    num_items = len(item_ids)
+    item_values, num_post_rows = _value_rows(item_ids, list(item_columns), num_items + 1)
+    item_hashes = np.zeros((num_items + 1, 1 + len(item_columns)), np.int32)
+    item_hashes[1:, 0] = np.arange(1, num_items + 1)
+    item_hashes[1:, 1:] = item_values
+    user_values, num_user_rows = _value_rows(user_ids, list(user_columns), SHARED_USER_ROW + 1)
+    user_hashes = np.concatenate(
+        [np.full((len(user_ids), 1), SHARED_USER_ROW, np.int32), user_values], axis=1
+    )
+    return _FeatureHashes(
+        item_columns=tuple(name for name, _ in item_columns),
+        user_columns=tuple(name for name, _ in user_columns),
+        item_hashes=item_hashes,
+        user_hashes=dict(zip(user_ids, user_hashes, strict=True)),
+        num_post_rows=num_post_rows,
+        num_user_rows=num_user_rows,
+    )
+
+
+def _author_hashes(post_hashes: Int[Array, "*items item_hashes"]) -> Int[Array, "*items 1"]:
+    """One author row shared by every item (0 for padding)."""
+    return (post_hashes[..., :1] > 0).astype(jnp.int32)
+
+
 def _batch(
+    users: Int[Array | np.ndarray, "batch user_hashes"],
     histories: Int[Array | np.ndarray, "batch history"],
     candidates: Int[Array | np.ndarray, "batch candidates"],
+    item_hashes: Int[Array | np.ndarray, "rows item_hashes"],
 ) -> RecsysBatch:
-    """Item-id features: item row `i` hashes to post row `i`, one shared author row, surface 0."""
+    """Item rows as Phoenix features: post hashes `item_hashes[row]` (`_FeatureHashes`), one
+    shared author row, surface 0; `users` are the users' hashes."""
     histories, candidates = jnp.asarray(histories), jnp.asarray(candidates)
+    item_hashes = jnp.asarray(item_hashes, jnp.int32)
+    history_post, candidate_post = item_hashes[histories], item_hashes[candidates]
     engaged = jnp.asarray(_engaged_actions(1)[0])
     return RecsysBatch(
-        user_hashes=jnp.full((histories.shape[0], 1), SHARED_USER_ROW, jnp.int32),
-        history_post_hashes=histories[..., None].astype(jnp.int32),
-        history_author_hashes=(histories > 0)[..., None].astype(jnp.int32),
+        user_hashes=jnp.asarray(users, jnp.int32),
+        history_post_hashes=history_post,
+        history_author_hashes=_author_hashes(history_post),
         # Histories at serving time are bare item ids, so every token says "engaged".
         history_actions=((histories > 0)[..., None] * engaged).astype(jnp.float32),
         history_product_surface=jnp.zeros(histories.shape, jnp.int32),
-        candidate_post_hashes=candidates[..., None].astype(jnp.int32),
-        candidate_author_hashes=(candidates > 0)[..., None].astype(jnp.int32),
+        candidate_post_hashes=candidate_post,
+        candidate_author_hashes=_author_hashes(candidate_post),
         candidate_product_surface=jnp.zeros(candidates.shape, jnp.int32),
     )
 
@@ -236,18 +389,25 @@ def _transformer(options: FitOptions, candidate_positions: str) -> TransformerCo
 
 
 def _build_models(
-    options: FitOptions, num_items: int, *, key: PRNGKeyArray
+    options: FitOptions, features: _FeatureHashes, *, key: PRNGKeyArray
 ) -> tuple[TrainableRetriever, TrainableRanker]:
     retriever_key, ranker_key = jax.random.split(key)
     common = dict(
         emb_size=options.emb_size,
         history_seq_len=options.history_seq_len,
         fprop_dtype=jnp.float32,
-        hash_config=HashConfig(num_user_hashes=1, num_item_hashes=1, num_author_hashes=1),
+        hash_config=HashConfig(
+            num_user_hashes=1 + len(features.user_columns),
+            num_item_hashes=1 + len(features.item_columns),
+            num_author_hashes=1,
+        ),
         product_surface_vocab_size=1,
     )
     retrieval_config = PhoenixRetrievalModelConfig(
-        model=_transformer(options, "sequential"), candidate_seq_len=1, **common
+        model=_transformer(options, "sequential"),
+        candidate_seq_len=1,
+        user_pooling=options.user_pooling,
+        **common,
     )
     # Shared candidate positions: a candidate's score ignores its slot and the padding.
     ranker_config = PhoenixModelConfig(
@@ -255,17 +415,20 @@ def _build_models(
         candidate_seq_len=max(options.num_retrieved, options.ranker_candidates),
         **common,
     )
-    rows = (SHARED_USER_ROW + 1, num_items + 1, 2)
+    rows = (features.num_user_rows, features.num_post_rows, 2)
+    init_std = options.table_init_std
     return (
-        TrainableRetriever(retrieval_config, *rows, key=retriever_key),
-        TrainableRanker(ranker_config, *rows, key=ranker_key),
+        TrainableRetriever(retrieval_config, *rows, key=retriever_key, table_init_std=init_std),
+        TrainableRanker(ranker_config, *rows, key=ranker_key, table_init_std=init_std),
     )
 
 
 @eqx.filter_jit
-def _item_vectors(retriever: TrainableRetriever, num_items: int) -> Float[Array, "rows emb"]:
-    rows = jnp.arange(num_items + 1, dtype=jnp.int32)[:, None]
-    return retriever.encode_items(rows, (rows > 0).astype(jnp.int32))
+def _item_vectors(
+    retriever: TrainableRetriever, item_hashes: Int[Array, "rows item_hashes"]
+) -> Float[Array, "rows emb"]:
+    """The unit vector of every item row (row 0, padding, included)."""
+    return retriever.encode_items(item_hashes, _author_hashes(item_hashes))
 
 
 def _top_unseen(
@@ -283,7 +446,14 @@ def _top_unseen(
     wide = min(k + exclude.shape[1], num_rows - 1)
     corpus_mask = jnp.arange(num_rows) > 0
     best = corpus_top_k(users, item_vectors, wide, corpus_mask=corpus_mask)
-    dropped = jnp.any(best.indices[:, :, None] == exclude[:, None, :], axis=-1)
+    # Membership by binary search in the sorted exclusions: a direct comparison of every pair
+    # costs `wide * excluded` per user, quadratic in the history's length.
+    dropped = jnp.zeros(best.indices.shape, bool)
+    if exclude.shape[1]:
+        sorted_exclude = jnp.sort(exclude, axis=1)
+        slots = jax.vmap(jnp.searchsorted)(sorted_exclude, best.indices)
+        last = exclude.shape[1] - 1
+        dropped = jnp.take_along_axis(sorted_exclude, jnp.minimum(slots, last), 1) == best.indices
     scores = jnp.where(dropped | (best.indices < 0), -jnp.inf, best.scores)
     if wide < k:
         scores = jnp.pad(scores, ((0, 0), (0, k - wide)), constant_values=-jnp.inf)
@@ -297,6 +467,8 @@ def _two_stage(
     retriever: TrainableRetriever,
     ranker: TrainableRanker | None,
     item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: Int[Array, "batch user_hashes"],
     histories: Int[Array, "batch history"],
     exclude: Int[Array, "batch excluded"],
     action_weights: Float[Array, " actions"],
@@ -306,11 +478,11 @@ def _two_stage(
     probabilities. Without a ranker the retrieval order is final (dot products as scores).
     Callers keep the first `k`: one compilation serves every `k`."""
     empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
-    users = retriever.user_vectors(_batch(histories, empty))
-    retrieved, retrieval_scores = _top_unseen(users, item_vectors, exclude, num_retrieved)
+    user_vectors = retriever.user_vectors(_batch(users, histories, empty, item_hashes))
+    retrieved, retrieval_scores = _top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
     if ranker is None:
         return retrieved, retrieval_scores
-    logits = ranker(_batch(histories, jnp.maximum(retrieved, 0)))
+    logits = ranker(_batch(users, histories, jnp.maximum(retrieved, 0), item_hashes))
     scores = jax.nn.sigmoid(logits.astype(jnp.float32)) @ action_weights
     scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
     top_scores, slots = jax.lax.top_k(scores, num_retrieved)
@@ -348,11 +520,14 @@ def _excluded(sequences: list[np.ndarray]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class _Validation:
-    """Each validation user's training sequence and held-out last item."""
+    """Each validation user's hashes, training sequence and held-out last item, and the
+    hashes of every item row."""
 
+    users: np.ndarray
     histories: np.ndarray
     excluded: np.ndarray
     targets: np.ndarray
+    item_hashes: Int[Array, "rows item_hashes"]
 
     def metrics(
         self,
@@ -362,13 +537,21 @@ class _Validation:
         k: int = 10,
     ) -> dict[str, float]:
         """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker."""
-        num_items = retriever.tables.post_table.shape[0] - 1
-        vectors = _item_vectors(retriever, num_items)
+        vectors = _item_vectors(retriever, self.item_hashes)
         found = _rank_in_chunks(
-            retriever, ranker, vectors, self.histories, self.excluded, options, k
+            retriever,
+            ranker,
+            vectors,
+            self.item_hashes,
+            self.users,
+            self.histories,
+            self.excluded,
+            options,
+            k,
         )[0]
         hits = found == self.targets[:, None]
-        gains = hits / np.log2(np.arange(2, k + 2))[None, :]
+        # Fewer than k items: `found` has a column per item.
+        gains = hits / np.log2(np.arange(2, hits.shape[1] + 2))[None, :]
         return {f"hr@{k}": float(hits.any(axis=1).mean()), f"ndcg@{k}": float(gains.sum(1).mean())}
 
 
@@ -376,11 +559,13 @@ class _Validation:
 def _retrieval_scores(
     retriever: TrainableRetriever,
     item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: Int[Array | np.ndarray, "batch user_hashes"],
     histories: Int[Array | np.ndarray, "batch history"],
 ) -> Float[Array, "batch rows"]:
     """Dot products of the users' vectors with every corpus row (row 0, padding, included)."""
     empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
-    return retriever.user_vectors(_batch(histories, empty)) @ item_vectors.T
+    return retriever.user_vectors(_batch(users, histories, empty, item_hashes)) @ item_vectors.T
 
 
 def _chunk_bounds(num_users: int) -> list[tuple[int, int]]:
@@ -394,6 +579,8 @@ def _rank_in_chunks(
     retriever: TrainableRetriever,
     ranker: TrainableRanker | None,
     item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: np.ndarray,
     histories: np.ndarray,
     excluded: np.ndarray,
     options: FitOptions,
@@ -413,6 +600,8 @@ def _rank_in_chunks(
             retriever,
             ranker,
             item_vectors,
+            item_hashes,
+            jnp.asarray(users[padded]),
             jnp.asarray(histories[padded]),
             jnp.asarray(excluded[padded]),
             weights,
@@ -427,46 +616,149 @@ def _rank_in_chunks(
 ValidationRecord = tuple[float, str, int, float]
 
 
-def _report(
-    console: Console,
-    history: list[ValidationRecord],
-    fit_started: float,
+@dataclasses.dataclass(frozen=True)
+class _FitRun:
+    """What both stages share within one `fit`: its options, console, start time and
+    validation history (appended to), and the mesh it trains over (None: one device)."""
+
+    options: FitOptions
+    console: Console
+    started: float
+    history: list[ValidationRecord]
+    mesh: Mesh | None
+
+
+def _run_epochs(
     stage: str,
-    epoch: int,
-    loss: float,
-    metrics,
-    rate: float,
-) -> None:
-    history.append((time.perf_counter() - fit_started, stage, epoch, metrics["hr@10"]))
-    console.print(
-        f"{stage} epoch {epoch}: loss {loss:.4f}  valid HR@10 {metrics['hr@10']:.4f}  "
-        f"NDCG@10 {metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
+    model: PyTree,
+    objective: Objective,
+    epochs: int,
+    steps: int,
+    epoch_examples: Callable[[], Iterator[PyTree]],
+    evaluate: Callable[[PyTree], dict[str, float]],
+    run: _FitRun,
+    deadline: float,
+) -> tuple[PyTree, dict[str, float]]:
+    """The training loop of both stages: up to `epochs` passes of Adam steps over
+    `epoch_examples()` (`steps` of them), each followed by `evaluate` of this process's replica.
+    Keeps the epoch with the best validation HR@10 and stops after `options.patience` epochs
+    without a better one, or at `deadline`. The objective's aux has the step's "loss" and
+    "targets" (how many it trained)."""
+    options, mesh = run.options, run.mesh
+    optimizer = _optimizer(options)
+    step = _train_step(objective, optimizer, mesh)
+    opt_state = init_optimizer(optimizer, model)
+    best, best_metrics, stale = model, {"hr@10": -1.0}, 0
+    with _progress(options.verbose) as progress:
+        for epoch in range(1, epochs + 1):
+            task = progress.add_task(f"{stage} {epoch}", total=steps, loss=float("nan"))
+            losses, started, trained = [], time.perf_counter(), 0
+            for example in epoch_examples():
+                model, opt_state, aux = step(model, opt_state, example)
+                losses.append(float(aux["loss"]))
+                trained += int(aux["targets"])
+                progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
+                if _out_of_time(deadline, mesh):
+                    break
+            rate = trained / (time.perf_counter() - started)
+            replica = _replica(model, mesh)
+            metrics = evaluate(replica)
+            run.history.append((time.perf_counter() - run.started, stage, epoch, metrics["hr@10"]))
+            run.console.print(
+                f"{stage} epoch {epoch}: loss {np.mean(losses):.4f}  valid HR@10 "
+                f"{metrics['hr@10']:.4f}  NDCG@10 {metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
+            )
+            # A strictly better HR@10 replaces the best epoch.
+            if metrics["hr@10"] > best_metrics["hr@10"]:
+                best, best_metrics, stale = replica, metrics, 0
+            else:
+                stale += 1
+            if stale >= options.patience or _out_of_time(deadline, mesh):
+                break
+    return best, best_metrics
+
+
+def _train_step(
+    objective: Objective, optimizer: optax.GradientTransformation, mesh: Mesh | None
+) -> TrainStep:
+    """`make_train_step`, data-parallel over the mesh's batch axis when there is one."""
+    step = make_train_step(objective, optimizer)
+    return step if mesh is None else distributed.data_parallel(step, mesh=mesh)
+
+
+def _on_mesh(example: PyTree, mesh: Mesh | None) -> PyTree:
+    """A step's whole batch, which every process builds alike (same seed, same draws), as the
+    global batch over the mesh: each process contributes its `process_local_slice` of the
+    rows. Unchanged without a mesh."""
+    if mesh is None:
+        return example
+    rows = distributed.process_local_slice(jax.tree.leaves(example)[0].shape[0], mesh)
+    return distributed.make_global_batch(jax.tree.map(lambda leaf: leaf[rows], example), mesh)
+
+
+def _replica(model: PyTree, mesh: Mesh | None) -> PyTree:
+    """The model as this process evaluates and keeps it: its own replica, on one device."""
+    return model if mesh is None else distributed.local_replica(model)
+
+
+def _out_of_time(deadline: float, mesh: Mesh | None) -> bool:
+    """Whether `deadline` has passed. With several processes, process 0's clock decides for
+    all: one stopping alone would leave the others waiting in the next step's collectives."""
+    late = time.perf_counter() > deadline
+    if mesh is None or jax.process_count() == 1 or math.isinf(deadline):
+        return late
+    return bool(multihost_utils.broadcast_one_to_all(np.bool_(late)))
+
+
+def _length_bucketed_batches(
+    lengths: np.ndarray,
+    history_seq_len: int,
+    batch_size: int,
+    rng: np.random.Generator,
+    multiple: int,
+) -> list[tuple[np.ndarray, int]]:
+    """One epoch's batches `(rows, width)`, every sequence once, in random order.
+
+    Sequences are grouped by the window width their length needs (a power of two from
+    `MIN_WIDTH`, or `history_seq_len`), so that a batch spends little on padding; a batch of
+    width `w` holds `batch_size * history_seq_len // w` sequences, rounded down to a multiple
+    of `multiple` (the devices a batch is split over; `batch_size` is one), so every step
+    trains about as many positions, and few shapes (one compilation each) cover every batch.
+    Short batches are filled with row `len(lengths)`, the all-padding row.
+    """
+    widths = sorted(
+        {
+            min(max(1 << max(int(length) - 1, 0).bit_length(), MIN_WIDTH), history_seq_len)
+            for length in lengths
+        }
     )
-
-
-def _keep_best(state: tuple, model, metrics: dict[str, float]) -> tuple:
-    """Early stopping's bookkeeping, `(best model, its metrics, epochs since it)`, after an
-    epoch that gave `model` with validation `metrics` (a strictly better HR@10 replaces it)."""
-    best, best_metrics, stale = state
-    if metrics["hr@10"] > best_metrics["hr@10"]:
-        return model, metrics, 0
-    return best, best_metrics, stale + 1
+    needed = np.searchsorted(widths, np.minimum(lengths, history_seq_len))
+    batches = []
+    for index, width in enumerate(widths):
+        rows = rng.permutation(np.flatnonzero(needed == index))
+        size = max(1, batch_size * history_seq_len // width)
+        size -= size % multiple
+        for start in range(0, rows.size, size):
+            batches.append((_padded_rows(rows[start : start + size], size, len(lengths)), width))
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _train_retriever(
     retriever: TrainableRetriever,
     sequences: list[np.ndarray],
+    users: list,
+    features: _FeatureHashes,
     validation: _Validation,
-    options: FitOptions,
-    console: Console,
+    run: _FitRun,
     deadline: float,
-    history: list[ValidationRecord],
-    fit_started: float,
 ) -> tuple[TrainableRetriever, dict[str, float]]:
-    """All-positions training, one epoch = every user once; keeps the best validation epoch."""
-    num_items = retriever.tables.post_table.shape[0] - 1
+    """All-positions training, one epoch = every user once (`sequences[i]` is `users[i]`'s);
+    keeps the best validation epoch. With a mesh, data-parallel over it."""
+    options, mesh = run.options, run.mesh
+    num_items = features.item_hashes.shape[0] - 1
     loss = options.resolved_loss(num_items)
     # A last all-padding row fills the final batch: no target, so no loss.
+    user_hashes = np.concatenate([features.user_rows(users), features.unknown_user[None]])
     windows = np.concatenate(
         [
             _windows(sequences, options.history_seq_len),
@@ -474,66 +766,73 @@ def _train_retriever(
         ]
     )
     targets = np.concatenate([windows, np.zeros((windows.shape[0], 1), np.int32)], axis=1)
+    lengths = np.array([sequence.size for sequence in sequences])
+    devices = 1 if mesh is None else mesh.size
+    # The number of batches does not depend on the draw: count them with a throwaway one.
+    steps = len(
+        _length_bucketed_batches(
+            lengths, options.history_seq_len, options.batch_size, np.random.default_rng(0), devices
+        )
+    )
     # logQ: an item's expected count among a batch's targets, the sampled softmax's columns.
     frequency = np.bincount(targets[targets > 0], minlength=num_items + 1) / max(
         np.count_nonzero(targets), 1
     )
-    targets_per_batch = np.count_nonzero(targets) / len(sequences) * options.batch_size
+    targets_per_batch = np.count_nonzero(targets) / steps
     with np.errstate(divide="ignore"):
         log_q = np.log(targets_per_batch * frequency).astype(np.float32)
-    corpus = np.arange(num_items + 1, dtype=np.int32)[:, None]
-    corpus_post, corpus_author = jnp.asarray(corpus), jnp.asarray((corpus > 0).astype(np.int32))
+    corpus_post = jnp.asarray(features.item_hashes)
+    corpus_author = _author_hashes(corpus_post)
+    # Every row of a batch scores against the whole corpus: its hashes are replicated.
+    corpus = (
+        (corpus_post, corpus_author)
+        if mesh is None
+        else distributed.replicate((corpus_post, corpus_author), mesh)
+    )
 
     def objective(model, example):
         return all_positions_objective(model, example, loss)
 
-    optimizer = _optimizer(options)
-    step = make_train_step(objective, optimizer)
-    opt_state = init_optimizer(optimizer, retriever)
     rng = np.random.default_rng([options.seed, 1])
-    steps = math.ceil(len(sequences) / options.batch_size)
-    empty = np.zeros((options.batch_size, 0), np.int32)
-    best, best_metrics, stale = retriever, {"hr@10": -1.0}, 0
-    with _progress(options.verbose) as progress:
-        for epoch in range(1, options.epochs + 1):
-            task = progress.add_task(f"retrieval {epoch}", total=steps, loss=float("nan"))
-            order = rng.permutation(len(sequences))
-            losses, started, trained = [], time.perf_counter(), 0
-            for index in range(steps):
-                rows = _padded_rows(
-                    order[index * options.batch_size : (index + 1) * options.batch_size],
-                    options.batch_size,
-                    len(sequences),
-                )
-                example = SequenceExample(
-                    batch=_batch(windows[rows], empty),
-                    targets=jnp.asarray(targets[rows]),
-                    target_log_q=jnp.asarray(log_q[targets[rows]]),
-                    corpus_post_hashes=corpus_post,
-                    corpus_author_hashes=corpus_author,
-                )
-                retriever, opt_state, aux = step(retriever, opt_state, example)
-                losses.append(float(aux["loss"]))
-                trained += int(aux["targets"])
-                progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-                if time.perf_counter() > deadline:
-                    break
-            rate = trained / (time.perf_counter() - started)
-            metrics = validation.metrics(retriever, None, options)
-            _report(
-                console,
-                history,
-                fit_started,
-                "retrieval",
-                epoch,
-                float(np.mean(losses)),
-                metrics,
-                rate,
+
+    def epoch_examples():
+        batches = _length_bucketed_batches(
+            lengths, options.history_seq_len, options.batch_size, rng, devices
+        )
+        for rows, width in batches:
+            batch_targets = targets[rows, : width + 1]
+            batch, example_targets, target_log_q = _on_mesh(
+                (
+                    _batch(
+                        user_hashes[rows],
+                        windows[rows, :width],
+                        np.zeros((rows.size, 0), np.int32),
+                        corpus_post,
+                    ),
+                    jnp.asarray(batch_targets),
+                    jnp.asarray(log_q[batch_targets]),
+                ),
+                mesh,
             )
-            best, best_metrics, stale = _keep_best((best, best_metrics, stale), retriever, metrics)
-            if stale >= options.patience or time.perf_counter() > deadline:
-                break
-    return best, best_metrics
+            yield SequenceExample(
+                batch=batch,
+                targets=example_targets,
+                target_log_q=target_log_q,
+                corpus_post_hashes=corpus[0],
+                corpus_author_hashes=corpus[1],
+            )
+
+    return _run_epochs(
+        "retrieval",
+        retriever,
+        objective,
+        options.epochs,
+        steps,
+        epoch_examples,
+        lambda model: validation.metrics(model, None, options),
+        run,
+        deadline,
+    )
 
 
 def _train_ranker(
@@ -541,19 +840,24 @@ def _train_ranker(
     retriever: TrainableRetriever,
     sequences: list[np.ndarray],
     actions: list[np.ndarray],
+    users: list,
+    features: _FeatureHashes,
     validation: _Validation,
-    options: FitOptions,
-    console: Console,
+    run: _FitRun,
     deadline: float,
-    history: list[ValidationRecord],
-    fit_started: float,
 ) -> tuple[TrainableRanker, dict[str, float]]:
     """The ranker on what retrieval returns: per user and epoch, a random position's true item
-    plus the retriever's best other items for that prefix, all in one candidate-isolated pass."""
-    num_items = retriever.tables.post_table.shape[0] - 1
+    plus negatives drawn from the retriever's top `num_retrieved` for that prefix, all in one
+    candidate-isolated pass (`sequences[i]`, `actions[i]` are `users[i]`'s). With a mesh,
+    data-parallel over it."""
+    options, mesh = run.options, run.mesh
+    num_items = features.item_hashes.shape[0] - 1
     history_seq_len, batch_size = options.history_seq_len, options.batch_size
     num_negatives = min(options.ranker_candidates - 1, num_items - 1)
-    vectors = _item_vectors(retriever, num_items)
+    num_pool = min(max(options.num_retrieved, num_negatives), num_items - 1)
+    item_hashes = jnp.asarray(features.item_hashes)
+    vectors = _item_vectors(retriever, item_hashes)
+    user_hashes = np.concatenate([features.user_rows(users), features.unknown_user[None]])
     windows = np.concatenate(
         [_windows(sequences, history_seq_len), np.zeros((1, history_seq_len), np.int32)]
     )
@@ -568,69 +872,64 @@ def _train_ranker(
         batch, labels = example
         logits = model(batch)
         value = ranking_loss(logits, labels, batch.candidate_valid, loss_weights)
-        return value, {"loss": value}
+        return value, {"loss": value, "targets": jnp.sum(batch.candidate_valid)}
 
-    optimizer = _optimizer(options)
-    step = make_train_step(objective, optimizer)
-    opt_state = init_optimizer(optimizer, ranker)
     rng = np.random.default_rng([options.seed, 2])
     weights = jnp.asarray(options.weight_vector())
     steps = math.ceil(len(sequences) / batch_size)
-    best, best_metrics, stale = ranker, {"hr@10": -1.0}, 0
-    with _progress(options.verbose) as progress:
-        for epoch in range(1, options.ranker_epochs + 1):
-            task = progress.add_task(f"ranker {epoch}", total=steps, loss=float("nan"))
-            order = rng.permutation(len(sequences))
-            losses, started, trained = [], time.perf_counter(), 0
-            for index in range(steps):
-                rows = _padded_rows(
-                    order[index * batch_size : (index + 1) * batch_size],
-                    batch_size,
-                    len(sequences),
-                )
-                positions = rng.integers(0, lengths[rows])
-                keep = np.arange(history_seq_len)[None, :] < positions[:, None]
-                histories = np.where(keep, windows[rows], 0)
-                positives = windows[rows, positions]
-                excluded = np.concatenate([histories, positives[:, None]], axis=1)
-                negatives, _ = _two_stage(
-                    retriever,
-                    None,
-                    vectors,
-                    jnp.asarray(histories),
-                    jnp.asarray(excluded),
-                    weights,
-                    num_negatives,
-                )
-                candidates = np.concatenate(
-                    [positives[:, None], np.maximum(np.asarray(negatives), 0)], axis=1
-                )
-                candidates[positives == 0] = 0  # the all-padding row that fills the batch
-                labels = np.zeros((batch_size, candidates.shape[1], len(ACTIONS)), np.float32)
-                labels[:, 0] = action_windows[rows, positions]
-                example = (_batch(histories, candidates), jnp.asarray(labels))
-                ranker, opt_state, aux = step(ranker, opt_state, example)
-                losses.append(float(aux["loss"]))
-                trained += int(np.count_nonzero(candidates))
-                progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-                if time.perf_counter() > deadline:
-                    break
-            rate = trained / (time.perf_counter() - started)
-            metrics = validation.metrics(retriever, ranker, options)
-            _report(
-                console,
-                history,
-                fit_started,
-                "ranker",
-                epoch,
-                float(np.mean(losses)),
-                metrics,
-                rate,
+
+    def epoch_examples():
+        order = rng.permutation(len(sequences))
+        for index in range(steps):
+            rows = _padded_rows(
+                order[index * batch_size : (index + 1) * batch_size], batch_size, len(sequences)
             )
-            best, best_metrics, stale = _keep_best((best, best_metrics, stale), ranker, metrics)
-            if stale >= options.patience or time.perf_counter() > deadline:
-                break
-    return best, best_metrics
+            positions = rng.integers(0, lengths[rows])
+            keep = np.arange(history_seq_len)[None, :] < positions[:, None]
+            histories = np.where(keep, windows[rows], 0)
+            positives = windows[rows, positions]
+            excluded = np.concatenate([histories, positives[:, None]], axis=1)
+            retrieved, _ = _two_stage(
+                retriever,
+                None,
+                vectors,
+                item_hashes,
+                jnp.asarray(user_hashes[rows]),
+                jnp.asarray(histories),
+                jnp.asarray(excluded),
+                weights,
+                num_pool,
+            )
+            # Negatives drawn uniformly from what retrieval hands the ranker at serving time
+            # (its top `num_retrieved`): negatives from its very top alone teach the ranker
+            # that retrieval's favourites are wrong, and it then demotes the right item.
+            picks = np.argsort(rng.random(retrieved.shape), axis=1)[:, :num_negatives]
+            negatives = np.take_along_axis(np.asarray(retrieved), picks, axis=1)
+            candidates = np.concatenate(
+                [positives[:, None], np.maximum(np.asarray(negatives), 0)], axis=1
+            )
+            candidates[positives == 0] = 0  # the all-padding row that fills the batch
+            labels = np.zeros((batch_size, candidates.shape[1], len(ACTIONS)), np.float32)
+            labels[:, 0] = action_windows[rows, positions]
+            yield _on_mesh(
+                (
+                    _batch(user_hashes[rows], histories, candidates, item_hashes),
+                    jnp.asarray(labels),
+                ),
+                mesh,
+            )
+
+    return _run_epochs(
+        "ranker",
+        ranker,
+        objective,
+        options.ranker_epochs,
+        steps,
+        epoch_examples,
+        lambda model: validation.metrics(retriever, model, options),
+        run,
+        deadline,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -685,11 +984,14 @@ class Recommender:
         use_ranker: bool,
         validation: dict[str, dict[str, float]],
         validation_history: Sequence[ValidationRecord] = (),
+        features: _FeatureHashes | None = None,
     ):
         """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
 
         `validation` holds each stage's best validation metrics; `validation_history` one
-        `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit.
+        `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit;
+        `features` the side features' hashes of the items and of the users in `histories`
+        (None: the ids alone).
         """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
@@ -697,8 +999,10 @@ class Recommender:
         self.use_ranker = use_ranker
         self.validation = validation
         self.validation_history = [tuple(record) for record in validation_history]
+        self.features = _feature_hashes(item_ids, list(histories)) if features is None else features
         self._item_rows = {item: row for row, item in enumerate(item_ids, start=1)}
-        self._item_vectors = _item_vectors(retriever, len(item_ids))
+        self._item_hashes = jnp.asarray(self.features.item_hashes)
+        self._item_vectors = _item_vectors(retriever, self._item_hashes)
 
     @property
     def num_items(self) -> int:
@@ -712,7 +1016,10 @@ class Recommender:
         timestamps: Sequence[float] | np.ndarray,
         ratings: Sequence[float] | np.ndarray | None = None,
         *,
+        item_features: SideFeatures | None = None,
+        user_features: SideFeatures | None = None,
         options: FitOptions | None = None,
+        mesh: Mesh | None = None,
     ) -> "Recommender":
         """Train retrieval, then the ranker, on the interactions `(user, item, time, rating)`.
 
@@ -721,11 +1028,41 @@ class Recommender:
         user's last interaction (by time, ties in input order) is held out for validation: it
         alone picks the best epoch of each stage and whether the ranker's order beats
         retrieval's. Raises ValueError, before any training, on malformed input.
+
+        `item_features`, `user_features`: optional categorical side features,
+        `{column name: {item (user) id: value}}` with hashable values; each column becomes one
+        more hash of the items (users), as Phoenix's extra hashes (see `_FeatureHashes`). Ids
+        missing from a column get padding there. Without them the model uses ids alone.
+
+        `mesh`: a one-axis mesh named "batch" (`distributed.global_mesh("batch")`, every device
+        of every process under `jax.distributed`) to train both stages data-parallel on, the
+        models replicated; every process then calls `fit` with the same arguments. Training
+        equals the single-device run up to float reduction order while every batch's rows
+        divide by the devices: `options.batch_size` must, and a shorter-sequence batch's
+        `batch_size * history_seq_len // width` rows are rounded down to a multiple of them.
+        Each process validates, and returns, its own replica on one device.
         """
         options = FitOptions() if options is None else options
         if not isinstance(options, FitOptions):
             raise ValueError(f"options: expected FitOptions, got {type(options).__name__}")
+        if mesh is not None:
+            if tuple(mesh.axis_names) != ("batch",):
+                raise ValueError(
+                    f"mesh: expected one axis named 'batch' (distributed.global_mesh('batch')), "
+                    f"got axes {tuple(mesh.axis_names)}"
+                )
+            if options.batch_size % mesh.size:
+                raise ValueError(
+                    f"options.batch_size: expected a multiple of the mesh's {mesh.size} devices, "
+                    f"got {options.batch_size}"
+                )
         log = _index_log(user_ids, item_ids, timestamps, ratings)
+        features = _feature_hashes(
+            log.item_ids,
+            log.user_ids,
+            _feature_columns(item_features, "item_features", log.item_ids),
+            _feature_columns(user_features, "user_features", log.user_ids),
+        )
         held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
         if not held_out:
             raise ValueError(
@@ -737,47 +1074,47 @@ class Recommender:
             actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions
         ]
         validation = _Validation(
+            users=features.user_rows([log.user_ids[i] for i in held_out]),
             histories=_windows([train[i] for i in held_out], options.history_seq_len),
             excluded=_excluded([train[i] for i in held_out]),
             targets=np.array([log.sequences[i][-1] for i in held_out]),
+            item_hashes=jnp.asarray(features.item_hashes),
         )
         console = Console(quiet=not options.verbose)
         start = time.perf_counter()
         budget = math.inf if options.time_budget_s is None else options.time_budget_s
-        retriever, ranker = _build_models(
-            options, len(log.item_ids), key=jax.random.key(options.seed)
-        )
+        retriever, ranker = _build_models(options, features, key=jax.random.key(options.seed))
         console.print(
             f"fit: {len(log.user_ids):,} users, {len(log.item_ids):,} items, "
             f"{sum(s.size for s in log.sequences):,} interactions; validating on "
             f"{len(held_out):,} held-out last items; loss "
-            f"{options.resolved_loss(len(log.item_ids))!r}"
+            f"{options.resolved_loss(len(log.item_ids))!r}; side features "
+            f"{list(features.item_columns + features.user_columns) or 'none'}"
         )
         history: list[ValidationRecord] = []
+        run = _FitRun(options, console, start, history, mesh)
         retriever, retrieval_metrics = _train_retriever(
             retriever,
             train,
+            log.user_ids,
+            features,
             validation,
-            options,
-            console,
+            run,
             start + budget * options.retrieval_share,
-            history,
-            start,
         )
         results = {"retrieval": retrieval_metrics}
         use_ranker = options.ranker_epochs > 0
         if use_ranker:
             ranker, results["ranker"] = _train_ranker(
-                ranker,
+                warm_start_ranker(ranker, retriever) if options.ranker_warm_start else ranker,
                 retriever,
                 train,
                 train_actions,
+                log.user_ids,
+                features,
                 validation,
-                options,
-                console,
+                run,
                 start + budget,
-                history,
-                start,
             )
             # Model selection on validation: serve the ranker's order only where it helps.
             use_ranker = results["ranker"]["hr@10"] >= retrieval_metrics["hr@10"]
@@ -795,6 +1132,7 @@ class Recommender:
             use_ranker=use_ranker,
             validation=results,
             validation_history=history,
+            features=features,
         )
 
     def recommend(
@@ -810,7 +1148,8 @@ class Recommender:
 
         `histories[i]` is user `i`'s items in time order (original ids); items unknown to
         the model are dropped, with one warning counting them. With `histories=None` each
-        user's whole log from `fit` is used (the users must be known). `exclude_seen` drops
+        user's whole log from `fit` is used (the users must be known). Users known from fit
+        bring their side features; others get padding for them. `exclude_seen` drops
         the history's items. Scores are the weighted action probabilities of the ranker (or
         retrieval's dot products when validation chose retrieval alone). Should fewer than
         `k` items remain, the tail holds None with score -inf. `use_ranker` overrides
@@ -833,6 +1172,8 @@ class Recommender:
             self.retriever,
             self.ranker if use_ranker else None,
             self._item_vectors,
+            self._item_hashes,
+            self.features.user_rows(users),
             _windows(sequences, self.options.history_seq_len),
             excluded,
             self.options,
@@ -868,10 +1209,17 @@ class Recommender:
             raise ValueError("user_ids: expected at least one user, got none")
         sequences = self._sequences(users, histories)
         windows = _windows(sequences, self.options.history_seq_len)
+        user_hashes = self.features.user_rows(users)
         scores = np.concatenate(
             [
                 np.asarray(
-                    _retrieval_scores(self.retriever, self._item_vectors, windows[start:stop])
+                    _retrieval_scores(
+                        self.retriever,
+                        self._item_vectors,
+                        self._item_hashes,
+                        user_hashes[start:stop],
+                        windows[start:stop],
+                    )
                 )
                 for start, stop in _chunk_bounds(len(users))
             ]
@@ -888,6 +1236,8 @@ class Recommender:
                 self.retriever,
                 self.ranker,
                 self._item_vectors,
+                self._item_hashes,
+                user_hashes,
                 windows,
                 excluded,
                 self.options,
@@ -942,8 +1292,8 @@ class Recommender:
         return sequences
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Write the models (`eqx.tree_serialise_leaves`), options, ids and histories (JSON,
-        npz; no pickle) into `directory`, created if needed."""
+        """Write the models (`eqx.tree_serialise_leaves`), options, ids, histories and the side
+        features' hashes (JSON, npz; no pickle) into `directory`, created if needed."""
         for name, ids in (("item_ids", self.item_ids), ("user_ids", list(self.histories))):
             bad = next((i for i in ids if not isinstance(i, str | int | float)), None)
             if bad is not None:
@@ -956,6 +1306,11 @@ class Recommender:
             lengths=np.array([s.size for s in sequences], np.int64),
             items=np.concatenate(sequences).astype(np.int32),
         )
+        np.savez(
+            path / "features.npz",
+            item_hashes=self.features.item_hashes,
+            user_hashes=self.features.user_rows(list(self.histories)),
+        )
         eqx.tree_serialise_leaves(path / "models.eqx", (self.retriever, self.ranker))
         meta = {
             "format_version": FORMAT_VERSION,
@@ -965,6 +1320,12 @@ class Recommender:
             "use_ranker": self.use_ranker,
             "validation": self.validation,
             "validation_history": self.validation_history,
+            "features": {
+                "item_columns": self.features.item_columns,
+                "user_columns": self.features.user_columns,
+                "num_post_rows": self.features.num_post_rows,
+                "num_user_rows": self.features.num_user_rows,
+            },
         }
         (path / "recommender.json").write_text(json.dumps(meta))
 
@@ -972,7 +1333,8 @@ class Recommender:
     def load(cls, directory: str | os.PathLike) -> "Recommender":
         """A `Recommender` written by `save`; recommends exactly as the saved one did."""
         path = Path(directory)
-        files = [path / name for name in ("recommender.json", "models.eqx", "histories.npz")]
+        names = ("recommender.json", "models.eqx", "histories.npz", "features.npz")
+        files = [path / name for name in names]
         missing = [file.name for file in files if not file.is_file()]
         if missing:
             raise ValueError(
@@ -992,7 +1354,16 @@ class Recommender:
                 raise ValueError(f"format_version {meta['format_version']}")
             stored = np.load(files[2], allow_pickle=False)
             sequences = np.split(stored["items"], np.cumsum(stored["lengths"])[:-1])
-            skeleton = _build_models(options, len(meta["item_ids"]), key=jax.random.key(0))
+            hashes = np.load(files[3], allow_pickle=False)
+            features = _FeatureHashes(
+                item_columns=tuple(meta["features"]["item_columns"]),
+                user_columns=tuple(meta["features"]["user_columns"]),
+                item_hashes=hashes["item_hashes"],
+                user_hashes=dict(zip(meta["user_ids"], hashes["user_hashes"], strict=True)),
+                num_post_rows=meta["features"]["num_post_rows"],
+                num_user_rows=meta["features"]["num_user_rows"],
+            )
+            skeleton = _build_models(options, features, key=jax.random.key(0))
             retriever, ranker = eqx.tree_deserialise_leaves(files[1], skeleton)
         except (OSError, KeyError, TypeError, ValueError) as error:
             raise ValueError(
@@ -1007,7 +1378,46 @@ class Recommender:
             use_ranker=meta["use_ranker"],
             validation=meta["validation"],
             validation_history=[tuple(r) for r in meta.get("validation_history", [])],
+            features=features,
         )
+
+
+Interactions = tuple[list[Hashable], list[Hashable], np.ndarray, np.ndarray | None]
+
+
+def _interaction_columns(
+    path: str | os.PathLike,
+    columns: Sequence[str],
+    read_column: Callable[[str], list],
+    *,
+    user: str,
+    item: str,
+    timestamp: str,
+    rating: str | None,
+) -> Interactions:
+    """`(user_ids, item_ids, timestamps, ratings)` from a file with `columns`, read a column
+    at a time by `read_column`; each named column must exist, timestamps and ratings be
+    numbers."""
+    named = [("user", user), ("item", item), ("timestamp", timestamp)]
+    for argument, column in named + ([("rating", rating)] if rating is not None else []):
+        if column not in columns:
+            raise ValueError(
+                f"{argument}: expected a column of {path}, got {column!r} "
+                f"(columns: {list(columns)})"
+            )
+
+    def numbers(column: str, argument: str) -> np.ndarray:
+        try:
+            return np.array([float(value) for value in read_column(column)], np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{argument}: expected numbers in column {column!r}") from None
+
+    return (
+        read_column(user),
+        read_column(item),
+        numbers(timestamp, "timestamp"),
+        numbers(rating, "rating") if rating is not None else None,
+    )
 
 
 def read_interactions_csv(
@@ -1017,7 +1427,7 @@ def read_interactions_csv(
     item: str,
     timestamp: str,
     rating: str | None = None,
-) -> tuple[list[str], list[str], np.ndarray, np.ndarray | None]:
+) -> Interactions:
     """`(user_ids, item_ids, timestamps, ratings)` from a CSV file with a header row, ready
     for `Recommender.fit(*read_interactions_csv(...))`. Ids stay strings; `rating=None`
     gives `ratings=None` (implicit feedback)."""
@@ -1028,24 +1438,46 @@ def read_interactions_csv(
     with handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        for argument, column in (("user", user), ("item", item), ("timestamp", timestamp)) + (
-            (("rating", rating),) if rating is not None else ()
-        ):
-            if column not in columns:
-                raise ValueError(
-                    f"{argument}: expected a column of {path}, got {column!r} (columns: {columns})"
-                )
         records = list(reader)
+    return _interaction_columns(
+        path,
+        columns,
+        lambda column: [record[column] for record in records],
+        user=user,
+        item=item,
+        timestamp=timestamp,
+        rating=rating,
+    )
 
-    def numbers(column: str, argument: str) -> np.ndarray:
-        try:
-            return np.array([float(record[column]) for record in records])
-        except (TypeError, ValueError):
-            raise ValueError(f"{argument}: expected numbers in column {column!r}") from None
 
-    return (
-        [record[user] for record in records],
-        [record[item] for record in records],
-        numbers(timestamp, "timestamp"),
-        numbers(rating, "rating") if rating is not None else None,
+def read_interactions_parquet(
+    path: str | os.PathLike,
+    *,
+    user: str,
+    item: str,
+    timestamp: str,
+    rating: str | None = None,
+) -> Interactions:
+    """`(user_ids, item_ids, timestamps, ratings)` from a Parquet file, by column name, as
+    `read_interactions_csv` gives them (ids keep their Parquet type: strings stay strings,
+    integers ints). Needs pyarrow: `pip install phoenix-eqx[parquet]`."""
+    try:
+        import pyarrow.parquet as parquet
+    except ImportError:
+        raise ImportError(
+            "read_interactions_parquet needs pyarrow: pip install phoenix-eqx[parquet]"
+        ) from None
+    try:
+        columns = parquet.read_schema(path).names
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise ValueError(f"path: cannot read {str(path)!r}: {error}") from None
+    return _interaction_columns(
+        path,
+        columns,
+        # Only the named columns are read, one at a time.
+        lambda column: parquet.read_table(path, columns=[column]).column(0).to_pylist(),
+        user=user,
+        item=item,
+        timestamp=timestamp,
+        rating=rating,
     )

@@ -83,9 +83,14 @@ class PhoenixRetrievalModel(eqx.Module):
         """Unit user vectors (float32) and their norms before normalisation.
 
         The user tower attends over `[user | history]` (causal, as in the seed, unless the
-        config says bidirectional) and averages the outputs over valid positions.
+        config says bidirectional); `config.user_pooling` reads its outputs: their mean over
+        valid positions (the seed) or the output at the last valid position.
         """
         hidden, valid = self._user_tower(batch, embeddings)
+        if self.config.user_pooling == "last":
+            positions = jnp.arange(valid.shape[1])
+            last = jnp.max(jnp.where(valid, positions, 0), axis=1)
+            return l2_normalize(jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0])
         count = jnp.sum(valid, axis=1, keepdims=True).astype(jnp.float32)
         return l2_normalize(jnp.sum(hidden, axis=1) / jnp.maximum(count, 1.0))
 
@@ -96,7 +101,8 @@ class PhoenixRetrievalModel(eqx.Module):
 
         Row `t` is the user vector of `[user | history[:t]]`: equal to `encode_users` on the
         history truncated to its first `t` items. The causal tower makes token `t` depend only
-        on tokens `<= t`, so `encode_users`' mean over valid outputs becomes a running mean.
+        on tokens `<= t`, so `encode_users`' mean over valid outputs becomes a running mean,
+        and its last valid output is token `t` itself.
         Histories must be left-aligned (valid items first, padding after): the rotary
         positions of a prefix's tokens are then those it has when encoded on its own (a
         right-aligned history would put the padding between the user and its items).
@@ -114,6 +120,9 @@ class PhoenixRetrievalModel(eqx.Module):
         )
         batch = eqx.tree_at(lambda b: b.history_post_hashes, batch, checked)
         hidden, valid = self._user_tower(batch, embeddings)
+        if self.config.user_pooling == "last":
+            users, _ = l2_normalize(hidden)
+            return users, valid
         running_sum = jnp.cumsum(hidden, axis=1)
         running_count = jnp.cumsum(valid, axis=1)[..., None].astype(jnp.float32)
         users, _ = l2_normalize(running_sum / jnp.maximum(running_count, 1.0))

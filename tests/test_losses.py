@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from phoenix_eqx.training import ranking_loss, retrieval_loss
+from phoenix_eqx.training import full_softmax_loss, ranking_loss, retrieval_loss
 
 from .helpers import library_checks_only
 
@@ -137,6 +137,29 @@ def test_retrieval_loss_skips_invalid_users_and_their_columns():
     keep = np.array([0, 1, 3])
     reduced = retrieval_loss(users[keep], positives[keep], ids[keep], 0.5)
     np.testing.assert_allclose(float(loss), float(reduced), rtol=1e-6)
+
+
+@given(seed=st.integers(0, 2**16), poison=st.sampled_from([np.nan, np.inf, -np.inf]))
+def test_invalid_rows_add_nothing_to_either_softmax_loss_even_as_nan(seed, poison):
+    users, positives, _ = _vectors(seed)
+    ids = jnp.array([1, 2, 0, 4])
+    valid = ids > 0
+    log_q = jnp.array([0.3, -0.2, 0.0, 0.1])
+    # Row 2 is invalid: poison its vector and its log_q (the -inf a zero frequency gives).
+    bad_users = users.at[2].set(poison)
+    bad_log_q = log_q.at[2].set(poison)
+
+    def losses(users, log_q):
+        sampled = retrieval_loss(users, positives, ids, 0.5, positive_log_q=log_q)
+        full = full_softmax_loss(users, positives, jnp.maximum(ids - 1, 0), valid, 0.5)
+        return sampled + full
+
+    clean, clean_grad = jax.value_and_grad(losses)(users, log_q)
+    value, grad = jax.value_and_grad(losses)(bad_users, bad_log_q)
+    np.testing.assert_allclose(float(value), float(clean), rtol=1e-6)
+    keep = np.array([0, 1, 3])
+    np.testing.assert_allclose(np.asarray(grad)[keep], np.asarray(clean_grad)[keep], rtol=1e-5)
+    assert np.all(np.isfinite(np.asarray(grad)))
 
 
 def test_retrieval_loss_lower_temperature_sharpens_a_correct_model():

@@ -17,6 +17,7 @@ from phoenix_eqx.data import (
     movielens,
     rating_actions,
     recbole_wheel_path,
+    side_features,
 )
 
 # user, item, rating, timestamp; user 3 has a single rating (no test item).
@@ -133,6 +134,20 @@ def test_both_formats_give_the_same_catalog(standard_dir, fake_wheel):
     np.testing.assert_array_equal(catalog.years, [0, 1995, 1995, 0])
     assert catalog.genres[2] == ("Action", "Crime", "Thriller")
     assert catalog.describe(1) == "Toy Story (1995)" and catalog.describe(3) == "Old Film"
+
+
+def test_side_features_are_the_same_in_both_formats(standard_dir, fake_wheel):
+    items, users = side_features("ml-100k", standard_dir)
+    assert items == {
+        "genres": {1: "Animation|Children's|Comedy", 2: "Action|Crime|Thriller", 3: "Drama"},
+        "year": {1: 1995, 2: 1995},  # the old film's date is unknown
+    }
+    assert users == {
+        "age": {1: "24", 2: "53", 3: "23"},
+        "gender": {1: "M", 2: "F", 3: "M"},
+        "occupation": {1: "technician", 2: "other", 3: "writer"},
+    }
+    assert side_features("ml-100k", fake_wheel) == (items, users)
 
 
 def test_the_cached_wheel_is_used_without_network(fake_wheel, monkeypatch):

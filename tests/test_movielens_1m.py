@@ -13,6 +13,7 @@ from phoenix_eqx.data import (
     movie_catalog,
     movielens,
     recbole_wheel_path,
+    side_features,
 )
 from phoenix_eqx.training import (
     baselines,
@@ -116,6 +117,27 @@ def test_catalog_gives_titles_years_and_genres(fake_wheel):
     assert catalog.describe(3) == "Misérables, Les (1995)"
     with pytest.raises(ValueError, match="item"):
         catalog.describe(0)
+
+
+def test_side_features_use_the_loader_ids(fake_wheel):
+    items, users = side_features("ml-1m", fake_wheel)
+    # Item 5, rated but not listed, has no metadata; users 1, 2, 3 are 1m_3, 1m_5, 1m_17.
+    assert items == {
+        "genres": {
+            1: "Animation|Children's|Comedy",
+            2: "Action|Crime|Thriller",
+            3: "Drama|Musical|War",
+            4: "Sci-Fi",
+        },
+        "year": {1: 1995, 2: 1995, 3: 1995, 4: 1927},
+    }
+    assert users == {
+        "age": {1: "25", 2: "56", 3: "1"},
+        "gender": {1: "M", 2: "F", 3: "F"},
+        "occupation": {1: "15", 2: "16", 3: "10"},
+    }
+    with library_checks_only(), pytest.raises(ValueError, match="dataset"):
+        side_features("ml-20m", fake_wheel)
 
 
 def test_a_directory_works_like_the_wheel(fake_wheel, tmp_path):

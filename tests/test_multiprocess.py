@@ -3,16 +3,21 @@
 Each of two local CPU processes (gloo collectives, a coordinator on a free localhost port) owns
 two emulated devices; a third process owns four. All three train the same tiny ranker for a
 few data-parallel steps on the same stream, each feeding its `process_local_slice` of every
-global batch, and retrieve from a corpus split over all devices. The two-process run must
-reproduce the one-process losses, parameters and top-k indices, and the exact single-device
-retrieval.
+global batch, save the model and optimiser state with `CheckpointManager` (arrays split over
+the processes' devices where their rows divide), and retrieve from a corpus split over all
+devices. The two-process run must reproduce the one-process losses, parameters and top-k
+indices, and the exact single-device retrieval; the checkpoint both processes wrote must
+restore on one device bit for bit.
 
 This file run as a module is the worker: `python -m tests.test_multiprocess --help`.
 """
 
 import argparse
+import functools
+import hashlib
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -26,6 +31,46 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240
 DEVICES = 4
 PROCESSES = 2
+STEPS, BATCH_SIZE, EMB_SIZE = 3, 8, 16
+
+
+def _ranker_training(emb_size: int, batch_size: int) -> tuple:
+    """What every worker trains, and the test restores checkpoints into: the data split, the
+    train options, the ranker's initialiser (`TrainableRanker`, its arguments bound) and the
+    optimiser. A worker calls it after `jax.distributed.initialize`: its key starts jax's
+    backends."""
+    import jax
+    import optax
+
+    from phoenix_eqx import train
+    from phoenix_eqx.data import leave_last_out, synthetic_interactions
+    from phoenix_eqx.training import TrainableRanker
+
+    split = leave_last_out(synthetic_interactions(num_users=40, num_items=30, seed=0))
+    options = train.TrainOptions(
+        emb_size=emb_size, key_size=8, history_seq_len=4, batch_size=batch_size
+    )
+    data = split.data
+    build_ranker = functools.partial(
+        TrainableRanker,
+        train.ranking_config(data, options),
+        data.num_user_rows,
+        data.num_post_rows,
+        data.num_author_rows,
+        key=jax.random.key(0),
+    )
+    return split, options, build_ranker, optax.adam(1e-2)
+
+
+def _digest(tree) -> str:
+    """SHA-256 of the bytes of every array leaf, in order: equal digests, bit-equal arrays."""
+    import equinox as eqx
+    import jax
+
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(eqx.filter(tree, eqx.is_array)):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
 
 
 def _worker(args: argparse.Namespace) -> dict:
@@ -40,14 +85,14 @@ def _worker(args: argparse.Namespace) -> dict:
             process_id=args.process_id,
             initialization_timeout=TIMEOUT_S,
         )
-    import optax
+    from jax.sharding import NamedSharding, PartitionSpec
 
     import phoenix_eqx as px
-    from phoenix_eqx import distributed, train
-    from phoenix_eqx.data import RankingStream, leave_last_out, synthetic_interactions
+    from phoenix_eqx import distributed
+    from phoenix_eqx.data import RankingStream
     from phoenix_eqx.inference import retrieve, set_corpus
     from phoenix_eqx.training import (
-        TrainableRanker,
+        CheckpointManager,
         init_optimizer,
         make_train_step,
         ranking_objective,
@@ -61,21 +106,10 @@ def _worker(args: argparse.Namespace) -> dict:
         "devices": jax.device_count(),
     }
     mesh = distributed.global_mesh("batch")
-    split = leave_last_out(synthetic_interactions(num_users=40, num_items=30, seed=0))
-    options = train.TrainOptions(
-        emb_size=args.emb_size, key_size=8, history_seq_len=4, batch_size=args.batch_size
-    )
-    data = split.data
+    split, options, build_ranker, optimizer = _ranker_training(args.emb_size, args.batch_size)
     # Built under jit: one compilation rather than one per initialiser (most of the run's time).
-    model = eqx.filter_jit(TrainableRanker)(
-        train.ranking_config(data, options),
-        data.num_user_rows,
-        data.num_post_rows,
-        data.num_author_rows,
-        key=jax.random.key(0),
-    )
+    model = eqx.filter_jit(build_ranker)()
     stream = RankingStream(split, args.batch_size, 4, options.num_candidates, seed=3)
-    optimizer = optax.adam(1e-2)
     step = distributed.data_parallel(
         make_train_step(ranking_objective, optimizer), mesh=mesh, axis_name="batch"
     )
@@ -92,8 +126,32 @@ def _worker(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - start)
     results["losses"] = losses
     results["step_s_after_first"] = float(np.median(times[1:])) if len(times) > 1 else None
+    # Peak resident memory of this process (Linux reports KiB).
+    results["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     leaves = jax.tree.leaves(eqx.filter(model, eqx.is_array))
     results["params"] = np.concatenate([np.ravel(np.asarray(x)) for x in leaves]).tolist()
+    results["state_digest"] = _digest((model, opt_state))
+    if args.checkpoint_dir is not None:
+
+        def split_rows(leaf):
+            # Rows split over the mesh where they divide: each process then holds only its
+            # half of those arrays, and must write exactly that half.
+            if not eqx.is_array(leaf):
+                return leaf
+            divides = leaf.ndim > 0 and leaf.shape[0] % DEVICES == 0
+            spec = PartitionSpec("batch") if divides else PartitionSpec()
+            return jax.device_put(leaf, NamedSharding(mesh, spec))
+
+        placed_model, placed_opt_state = jax.tree.map(split_rows, (model, opt_state))
+        results["split_arrays"] = sum(
+            not leaf.is_fully_replicated
+            for leaf in jax.tree.leaves(eqx.filter((placed_model, placed_opt_state), eqx.is_array))
+        )
+        with CheckpointManager(args.checkpoint_dir) as checkpoints:
+            checkpoints.save(
+                args.steps, placed_model, placed_opt_state, data_position={"step": args.steps}
+            )
+        results["checkpoint_dir"] = args.checkpoint_dir
 
     corpus_mesh = distributed.global_mesh("corpus")
     retrieval = eqx.filter_jit(px.PhoenixRetrievalModel)(
@@ -155,21 +213,24 @@ def _spawn(devices: int, log: Path, arguments: list[str], xla_flags: str) -> sub
 def run_workers(
     log_dir: Path,
     *,
-    steps: int = 3,
-    batch_size: int = 8,
-    emb_size: int = 16,
+    steps: int = STEPS,
+    batch_size: int = BATCH_SIZE,
+    emb_size: int = EMB_SIZE,
     xla_flags: str = FAST_COMPILE,
 ) -> list[dict]:
     """One process on 4 devices, and two processes on 2 devices each, side by side; their
-    reports. Any worker still running after `TIMEOUT_S` seconds, or when one fails, is killed."""
+    reports. Each layout saves a checkpoint under `log_dir` (the two processes into one). Any
+    worker still running after `TIMEOUT_S` seconds, or when one fails, is killed."""
     common = ["--steps", str(steps), "--batch-size", str(batch_size), "--emb-size", str(emb_size)]
     coordinator = f"127.0.0.1:{_free_port()}"
-    launches = [("single", DEVICES, common)] + [
+    launches = [
+        ("single", DEVICES, [*common, "--checkpoint-dir", str(log_dir / "checkpoint-single")])
+    ] + [
         (
             f"process{index}",
             DEVICES // PROCESSES,
             [*common, "--coordinator", coordinator, "--num-processes", str(PROCESSES)]
-            + ["--process-id", str(index)],
+            + ["--process-id", str(index), "--checkpoint-dir", str(log_dir / "checkpoint-pair")],
         )
         for index in range(PROCESSES)
     ]
@@ -233,6 +294,35 @@ def test_retrieval_over_a_corpus_split_across_processes_is_exact(reports):
         assert report["top_40"] == single_device
 
 
+def test_a_checkpoint_both_processes_wrote_restores_on_one_device_bit_for_bit(reports):
+    import equinox as eqx
+    import jax
+    from jax.sharding import SingleDeviceSharding
+
+    from phoenix_eqx.training import CheckpointManager, init_optimizer
+
+    single, *parts = reports
+    # Every process's replica of the trained state is the same, bit for bit.
+    assert len({part["state_digest"] for part in parts}) == 1
+    assert parts[0]["checkpoint_dir"] == parts[1]["checkpoint_dir"]
+    # Arrays whose rows divide by the devices were split across the processes: the checkpoint
+    # holds halves that only one process had, each written by its own process.
+    assert parts[0]["split_arrays"] == parts[1]["split_arrays"] == single["split_arrays"] > 0
+    state = Path(parts[0]["checkpoint_dir"]) / str(STEPS) / "state"
+    assert sorted(path.name for path in state.glob("ocdbt.process_*")) == [
+        f"ocdbt.process_{index}" for index in range(PROCESSES)
+    ]
+    _, _, build_ranker, optimizer = _ranker_training(EMB_SIZE, BATCH_SIZE)
+    model = eqx.filter_eval_shape(build_ranker)
+    opt_state = eqx.filter_eval_shape(init_optimizer, optimizer, model)
+    one_device = SingleDeviceSharding(jax.devices()[0])
+    for report in (single, parts[0]):
+        with CheckpointManager(report["checkpoint_dir"]) as checkpoints:
+            restored = checkpoints.restore(model, opt_state, shardings=one_device)
+        assert restored.step == STEPS and restored.data_position == {"step": STEPS}
+        assert _digest((restored.model, restored.opt_state)) == report["state_digest"]
+
+
 def test_one_process_feeds_every_row_and_bad_inputs_are_named():
     """In this (one-process) interpreter: the helpers reduce to `shard_batch`."""
     import jax
@@ -260,9 +350,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--coordinator", help="host:port of process 0 (several processes)")
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--emb-size", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--emb-size", type=int, default=EMB_SIZE)
+    parser.add_argument(
+        "--checkpoint-dir", help="save the trained state here (every process the same path)"
+    )
     return parser.parse_args()
 
 

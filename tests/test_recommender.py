@@ -1,6 +1,9 @@
-"""`Recommender`: fit on a planted-pattern log, recommend, bad inputs, save/load round trip."""
+"""`Recommender`: fit on a planted-pattern log, recommend, bad inputs, save/load round trip,
+side features, the interaction readers."""
 
+import dataclasses
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -20,6 +23,9 @@ QUICK = px.FitOptions(
     epochs=12,
     batch_size=64,
     learning_rate=2e-2,
+    # A few dozen steps: unit-scale item rows stand out from the history tokens' constant
+    # action and surface parts from the start (the small default suits thousands of steps).
+    table_init_std=1.0,
     patience=12,
     ranker_epochs=1,
     ranker_candidates=8,
@@ -44,6 +50,30 @@ def _planted_log(seed: int = 0):
 def fitted():
     users, items, times, walks = _planted_log()
     return px.Recommender.fit(users, items, times, options=QUICK), walks
+
+
+def _side_features():
+    """Items: their block of four consecutive items (every item) and a parity (the first 100
+    items only). Users: a cohort for the even users only."""
+    blocks = {f"item-{i}": f"block-{i // 4}" for i in range(NUM_ITEMS)}
+    parity = {f"item-{i}": i % 2 for i in range(100)}
+    cohorts = {f"user-{u}": u % 3 for u in range(0, NUM_USERS, 2)}
+    return {"block": blocks, "parity": parity}, {"cohort": cohorts}
+
+
+@pytest.fixture(scope="module")
+def fitted_with_features():
+    users, items, times, walks = _planted_log()
+    item_features, user_features = _side_features()
+    rec = px.Recommender.fit(
+        users,
+        items,
+        times,
+        item_features=item_features,
+        user_features=user_features,
+        options=dataclasses.replace(QUICK, epochs=6),
+    )
+    return rec, walks
 
 
 def test_fit_recovers_the_planted_pattern_far_above_chance(fitted):
@@ -152,3 +182,124 @@ def test_read_interactions_csv_by_column_name(tmp_path):
         px.read_interactions_csv(path, user="who", item="what", timestamp="time")
     with pytest.raises(ValueError, match="timestamp"):
         px.read_interactions_csv(path, user="who", item="what", timestamp="who")
+
+
+def test_side_features_become_extra_hashes_and_the_pattern_is_still_learned(fitted_with_features):
+    rec, walks = fitted_with_features
+    features = rec.features
+    assert features.item_columns == ("block", "parity") and features.user_columns == ("cohort",)
+    hash_config = rec.retriever.config.hash_config
+    assert (hash_config.num_item_hashes, hash_config.num_user_hashes) == (3, 2)
+    assert rec.ranker.config.hash_config == hash_config
+    # Item rows first, then the 30 blocks, then the 2 parities; padding where a value is absent.
+    hashes = features.item_hashes
+    np.testing.assert_array_equal(hashes[0], [0, 0, 0])
+    np.testing.assert_array_equal(hashes[1:, 0], np.arange(1, NUM_ITEMS + 1))
+    blocks = {rec.item_ids[row - 1]: hashes[row, 1] for row in range(1, NUM_ITEMS + 1)}
+    assert blocks["item-0"] == blocks["item-3"] != blocks["item-4"]
+    assert set(hashes[1:, 1]) == set(range(NUM_ITEMS + 1, NUM_ITEMS + 31))
+    parities = {rec.item_ids[row - 1]: hashes[row, 2] for row in range(1, NUM_ITEMS + 1)}
+    assert parities["item-100"] == 0 and parities["item-0"] != parities["item-1"]
+    assert {parities["item-0"], parities["item-1"]} == {NUM_ITEMS + 31, NUM_ITEMS + 32}
+    assert features.num_post_rows == rec.retriever.tables.post_table.shape[0] == NUM_ITEMS + 33
+    # Users: the shared row, then the cohort's three rows (padding for the odd users).
+    np.testing.assert_array_equal(
+        features.user_rows(["user-0", "user-1", "user-2", "stranger"]),
+        [[1, 2], [1, 0], [1, 3], [1, 0]],
+    )
+    assert features.num_user_rows == rec.retriever.tables.user_table.shape[0] == 5
+
+    user_ids = [f"user-{u}" for u in range(NUM_USERS)]
+    top, scores = rec.recommend(user_ids, list(walks[:, :-1]), k=10)
+    assert top.shape == scores.shape == (NUM_USERS, 10)
+    recall = np.mean([walks[u, -1] in top[u] for u in range(NUM_USERS)])
+    chance = 10 / (NUM_ITEMS - LOG_LENGTH)
+    assert recall >= 5 * chance, (recall, chance)
+
+
+def test_only_known_users_bring_their_user_features(fitted_with_features):
+    rec, walks = fitted_with_features
+    history = [list(walks[0, :-1])]
+    # user-1 has no cohort: served exactly like a user unknown to fit.
+    no_cohort = rec.score_items(["user-1"], history)
+    np.testing.assert_array_equal(no_cohort, rec.score_items(["stranger"], history))
+    assert not np.array_equal(rec.score_items(["user-0"], history), no_cohort)
+
+
+@pytest.mark.parametrize(
+    ("item_features", "user_features", "message"),
+    [
+        ([("block", {})], None, r"item_features: expected a mapping"),
+        (None, {"cohort": [1, 2]}, r"user_features\['cohort'\]: expected a mapping"),
+        ({"block": {}}, None, r"item_features\['block'\]: expected at least one value"),
+        ({"block": {"item-1": ["a", "b"]}}, None, r"item_features\['block'\]: expected hashable"),
+        (None, {"cohort": {"item-1": 1}}, r"user_features\['cohort'\]: expected ids from"),
+        ({3: {"item-1": 1}}, None, r"item_features: expected str column names"),
+    ],
+)
+def test_fit_rejects_bad_side_features_before_training(item_features, user_features, message):
+    users, items, times, _ = _planted_log()
+    with library_checks_only(), pytest.raises(ValueError, match=message):
+        px.Recommender.fit(
+            users,
+            items,
+            times,
+            item_features=item_features,
+            user_features=user_features,
+            options=QUICK,
+        )
+
+
+def test_save_and_load_keep_the_side_features(fitted_with_features, tmp_path):
+    rec, walks = fitted_with_features
+    rec.save(tmp_path / "model")
+    loaded = px.Recommender.load(tmp_path / "model")
+    assert loaded.features.item_columns == rec.features.item_columns
+    assert loaded.features.user_columns == rec.features.user_columns
+    np.testing.assert_array_equal(loaded.features.item_hashes, rec.features.item_hashes)
+    # Known users with and without a cohort (their logs from fit), and a stranger.
+    users = ["user-0", "user-1", "user-2"]
+    for before, after in zip(rec.recommend(users, k=7), loaded.recommend(users, k=7), strict=True):
+        np.testing.assert_array_equal(before, after)
+    history = [list(walks[3, :-1])]
+    np.testing.assert_array_equal(
+        rec.score_items(["stranger"], history), loaded.score_items(["stranger"], history)
+    )
+
+
+def _write_log(tmp_path):
+    """The same log as CSV and as Parquet."""
+    pyarrow = pytest.importorskip("pyarrow")
+    parquet = pytest.importorskip("pyarrow.parquet")
+    columns = {"who": ["ann", "bob", "ann"], "what": ["m1", "m2", "m3"], "when": [3, 1, 7]}
+    columns["stars"] = [4.0, 5.0, 2.5]
+    csv_path, parquet_path = tmp_path / "log.csv", tmp_path / "log.parquet"
+    rows = zip(*columns.values(), strict=True)
+    csv_path.write_text(
+        "who,what,when,stars\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+    )
+    parquet.write_table(pyarrow.table(columns), parquet_path)
+    return csv_path, parquet_path
+
+
+def test_read_interactions_parquet_matches_the_csv_reader(tmp_path, monkeypatch):
+    csv_path, parquet_path = _write_log(tmp_path)
+    names = dict(user="who", item="what", timestamp="when")
+    for rating in (None, "stars"):
+        from_csv = px.read_interactions_csv(csv_path, **names, rating=rating)
+        from_parquet = px.read_interactions_parquet(parquet_path, **names, rating=rating)
+        assert from_parquet[:2] == from_csv[:2] == (["ann", "bob", "ann"], ["m1", "m2", "m3"])
+        np.testing.assert_array_equal(from_parquet[2], from_csv[2])
+        if rating is None:
+            assert from_parquet[3] is None and from_csv[3] is None
+        else:
+            np.testing.assert_array_equal(from_parquet[3], from_csv[3])
+    with pytest.raises(ValueError, match="rating: expected a column"):
+        px.read_interactions_parquet(parquet_path, **names, rating="score")
+    with pytest.raises(ValueError, match="timestamp: expected numbers"):
+        px.read_interactions_parquet(parquet_path, user="who", item="what", timestamp="who")
+    with pytest.raises(ValueError, match="path: cannot read"):
+        px.read_interactions_parquet(csv_path, **names)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"phoenix-eqx\[parquet\]"):
+        px.read_interactions_parquet(parquet_path, **names)

@@ -19,21 +19,22 @@ from phoenix_eqx import (
 from phoenix_eqx.config import transformer_config
 from phoenix_eqx.data import RankingStream, RetrievalStream, leave_last_out, synthetic_interactions
 from phoenix_eqx.training import (
+    CheckpointManager,
     TrainableRanker,
     TrainableRetriever,
     evaluate_ranking,
     evaluate_retrieval,
     init_optimizer,
-    load_checkpoint,
     make_eval_step,
     make_train_step,
     ranking_objective,
     retrieval_objective,
     retrieval_scores,
-    save_checkpoint,
+    warm_start_ranker,
 )
+from phoenix_eqx.transformer import prefix_positions
 
-from .helpers import library_checks_only
+from .helpers import example_inputs, library_checks_only, tiny_retrieval_config, tiny_transformer
 
 EMB = 16
 
@@ -178,12 +179,14 @@ def test_checkpoint_resume_gives_the_same_losses(split, tmp_path):
     _, _, straight = _run(step, model, init_optimizer(optimizer, model), stream, 0, 6)
 
     stopped, opt_state, first = _run(step, model, init_optimizer(optimizer, model), stream, 0, 3)
-    path = tmp_path / "retrieval.ckpt"
-    save_checkpoint(path, stopped, opt_state, step=3, data_position={"next_step": 3})
-    assert os.listdir(tmp_path) == ["retrieval.ckpt"]  # no temporary file left behind
+    directory = tmp_path / "retrieval"
+    with CheckpointManager(directory) as checkpoints:
+        checkpoints.save(3, stopped, opt_state, data_position={"next_step": 3})
+    assert os.listdir(directory) == ["3"]  # no temporary directory left behind
 
     fresh = _retriever(split.data, seed=99)
-    restored = load_checkpoint(path, fresh, init_optimizer(optimizer, fresh))
+    with CheckpointManager(directory) as checkpoints:
+        restored = checkpoints.restore(fresh, init_optimizer(optimizer, fresh))
     assert restored.step == 3 and restored.data_position == {"next_step": 3}
     for a, b in zip(
         jax.tree.leaves((stopped, opt_state)),
@@ -195,40 +198,38 @@ def test_checkpoint_resume_gives_the_same_losses(split, tmp_path):
     assert first + resumed == straight
 
 
-def test_checkpoint_write_is_atomic(split, tmp_path, monkeypatch):
+def test_an_interrupted_save_never_shadows_a_complete_one(split, tmp_path):
     optimizer = optax.sgd(0.1)
     model = _retriever(split.data)
     opt_state = init_optimizer(optimizer, model)
-    path = tmp_path / "model.ckpt"
-    save_checkpoint(path, model, opt_state, step=1)
-    original = path.read_bytes()
-
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(path, model, opt_state, step=2)
-    assert path.read_bytes() == original
-    assert os.listdir(tmp_path) == ["model.ckpt"]
+    directory = tmp_path / "model"
+    with CheckpointManager(directory) as checkpoints:
+        checkpoints.save(1, model, opt_state)
+    # What a crash during Orbax's save of step 2 leaves: a temporary directory, never renamed.
+    unfinished = directory / "2.orbax-checkpoint-tmp-1700000000000000"
+    (unfinished / "state").mkdir(parents=True)
+    (unfinished / "state" / "manifest.ocdbt").write_bytes(b"partial")
+    with CheckpointManager(directory) as checkpoints:
+        assert checkpoints.latest_step() == 1
+        assert checkpoints.restore(model, opt_state).step == 1
+        checkpoints.save(2, model, opt_state)  # deletes the leftover first
+    assert sorted(os.listdir(directory)) == ["1", "2"]
 
 
 def test_checkpoint_from_another_config_is_rejected(split, tmp_path):
     optimizer = optax.adam(1e-3)
     model = _retriever(split.data)
-    path = tmp_path / "model.ckpt"
-    save_checkpoint(path, model, init_optimizer(optimizer, model), step=0)
-
-    other = _retriever(split.data, num_layers=2)
-    with pytest.raises(ValueError, match="model.num_layers: saved 1, expected 2"):
-        load_checkpoint(path, other, init_optimizer(optimizer, other))
-    sgd = optax.sgd(0.1)
-    with pytest.raises(ValueError, match="arrays differ"):
-        load_checkpoint(path, model, init_optimizer(sgd, model))
-    not_a_checkpoint = tmp_path / "other.bin"
-    not_a_checkpoint.write_bytes(b"hello\n")
-    with pytest.raises(ValueError, match="phoenix_eqx checkpoint"):
-        load_checkpoint(not_a_checkpoint, model, init_optimizer(optimizer, model))
+    directory = tmp_path / "model"
+    with CheckpointManager(directory) as checkpoints:
+        checkpoints.save(0, model, init_optimizer(optimizer, model))
+        other = _retriever(split.data, num_layers=2)
+        with pytest.raises(ValueError, match="model.num_layers: saved 1, expected 2"):
+            checkpoints.restore(other, init_optimizer(optimizer, other))
+        with pytest.raises(ValueError, match="arrays differ"):
+            checkpoints.restore(model, init_optimizer(optax.sgd(0.1), model))
+    with CheckpointManager(tmp_path / "empty") as checkpoints:
+        with pytest.raises(ValueError, match="directory: expected a checkpoint, found none"):
+            checkpoints.restore(model, init_optimizer(optimizer, model))
 
 
 @library_checks_only()
@@ -374,3 +375,42 @@ def test_the_leave_two_out_protocol_evaluates_the_test_items_once(tmp_path, monk
     assert [entry["stage"] for entry in report["validation_history"]] == ["retrieval"]
     assert report["published"] == {}  # published rows are MovieLens-1M's only
     assert {"date", "command", "machine", "seconds", "fit_seconds"} <= set(report)
+
+
+def test_warm_started_ranker_encodes_the_history_like_the_retriever():
+    retrieval_config = tiny_retrieval_config(6)
+    ranking_config = PhoenixModelConfig(
+        model=tiny_transformer(candidate_positions="shared"),
+        emb_size=16,
+        history_seq_len=6,
+        fprop_dtype=jnp.float32,
+        product_surface_vocab_size=4,
+    )
+    retriever = TrainableRetriever(retrieval_config, 50, 50, 50, key=jax.random.key(0))
+    ranker = TrainableRanker(ranking_config, 50, 50, 50, key=jax.random.key(1))
+    warm = warm_start_ranker(ranker, retriever)
+    batch, _ = example_inputs(ranking_config, batch_size=3, candidates=2, seed=3)
+    # Left-aligned histories (as Recommender builds them) of 6, 3 and 0 items: the two position
+    # modes then give the same distances between valid tokens, so rotary attention agrees.
+    keep = (jnp.arange(6)[None, :] < jnp.array([6, 3, 0])[:, None])[..., None]
+    batch = eqx.tree_at(
+        lambda b: b.history_post_hashes,
+        batch,
+        jnp.where(keep, jnp.maximum(batch.history_post_hashes, 1), 0),
+    )
+    outputs = []
+    for model, mode in ((retriever, "sequential"), (warm, "shared")):
+        tokens, valid = model.model.embedding.prefix_tokens(batch, model.tables(batch))
+        hidden = model.model.transformer(
+            tokens, prefix_positions(valid, mode), valid, tokens.shape[1]
+        )
+        outputs.append(np.where(valid[..., None], hidden, 0.0))
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
+    # What only a ranker has is its own: the candidate projection and the action head.
+    np.testing.assert_array_equal(
+        warm.model.embedding.candidate_projection, ranker.model.embedding.candidate_projection
+    )
+    np.testing.assert_array_equal(warm.model.unembedding, ranker.model.unembedding)
+    smaller = TrainableRanker(ranking_config, 50, 40, 50, key=jax.random.key(1))
+    with pytest.raises(ValueError, match="retriever.tables: expected arrays of shapes"):
+        warm_start_ranker(smaller, retriever)

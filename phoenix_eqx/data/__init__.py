@@ -25,6 +25,7 @@ from .movielens import (
     load_movielens_100k,
     movie_catalog,
     recbole_wheel_path,
+    side_features,
 )
 from .synthetic import synthetic_interactions
 
@@ -49,5 +50,6 @@ __all__ = [
     "rating_actions",
     "recbole_wheel_path",
     "sample_unseen",
+    "side_features",
     "synthetic_interactions",
 ]

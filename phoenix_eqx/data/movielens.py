@@ -14,6 +14,9 @@ Mapping to Phoenix features (ids index the `HashEmbeddingTables`; 0 is padding):
 - author hashes (an author-like grouping): `[first genre, second genre]` (in `GENRES` order);
 - product surface: the first genre's index (19 genres);
 - actions from the rating: see `interactions.RATING_ACTIONS`.
+
+`side_features` gives the same metadata as categorical columns for `Recommender.fit`'s
+`item_features` / `user_features`.
 """
 
 import dataclasses
@@ -22,7 +25,7 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -197,7 +200,7 @@ class _Parsed:
 
     ratings: np.ndarray  # int64 [n, 4]: user, item, rating, timestamp (file order)
     movies: dict[int, _Movie]
-    users: dict[int, tuple[str, str]]  # gender, occupation
+    users: dict[int, tuple[str, str, str]]  # age, gender, occupation
     num_users: int
     num_items: int
 
@@ -213,7 +216,7 @@ def _parse_100k(read: Callable[[str], str | None], where: str) -> _Parsed:
             title = re.sub(r"\s*\(\d{4}\)\s*$", "", row[1])
             movies[int(row[0])] = _Movie(title, _year(row[2]), genres)
         for row in _table(read("u.user") or "", "|", "u.user", 5):
-            users[int(row[0])] = (row[2], row[3])
+            users[int(row[0])] = (row[1], row[2], row[3])
     elif read("ml-100k.inter") is not None:
         ratings = _table(read("ml-100k.inter") or "", "\t", "ml-100k.inter", 4)[1:]
         fields = ("item_id", "movie_title", "release_year", "class")
@@ -221,9 +224,9 @@ def _parse_100k(read: Callable[[str], str | None], where: str) -> _Parsed:
             read("ml-100k.item"), "ml-100k.item", fields
         ):
             movies[int(item)] = _Movie(title, _year(year), _genres(genres.split()))
-        fields = ("user_id", "gender", "occupation")
-        for user, gender, occupation in _atomic_table(read("ml-100k.user"), "ml-100k.user", fields):
-            users[int(user)] = (gender, occupation)
+        fields = ("user_id", "age", "gender", "occupation")
+        for user, *demographics in _atomic_table(read("ml-100k.user"), "ml-100k.user", fields):
+            users[int(user)] = tuple(demographics)
     else:
         raise ValueError(f"source: expected u.data or ml-100k.inter in {where}, found neither")
     if not ratings:
@@ -255,7 +258,7 @@ def _parse_1m(read: Callable[[str], str | None], where: str) -> _Parsed:
         raise ValueError(f"source: expected at least one rating in {where}, got none")
     fields = ("item_id", "movie_title", "release_year", "genre")
     item_rows = _atomic_table(read("ml-1m.item"), "ml-1m.item", fields)
-    fields = ("user_id", "gender", "occupation")
+    fields = ("user_id", "age", "gender", "occupation")
     user_rows = _atomic_table(read("ml-1m.user"), "ml-1m.user", fields)
     rated_users, rated_items, rating_values, timestamps = zip(*ratings, strict=True)
     user_ids = _number_keys([row[0] for row in user_rows], rated_users)
@@ -275,9 +278,7 @@ def _parse_1m(read: Callable[[str], str | None], where: str) -> _Parsed:
         if key in item_ids
     }
     users = {
-        user_ids[key]: (gender, occupation)
-        for key, gender, occupation in user_rows
-        if key in user_ids
+        user_ids[key]: tuple(demographics) for key, *demographics in user_rows if key in user_ids
     }
     return _Parsed(columns, movies, users, len(user_ids), len(item_ids))
 
@@ -285,10 +286,10 @@ def _parse_1m(read: Callable[[str], str | None], where: str) -> _Parsed:
 def _interaction_data(parsed: _Parsed) -> InteractionData:
     """Phoenix feature ids of a parsed source (see the module docstring for the mapping)."""
     num_users, num_items, columns = parsed.num_users, parsed.num_items, parsed.ratings
-    occupations = sorted({occupation for _, occupation in parsed.users.values()})
+    occupations = sorted({occupation for _, _, occupation in parsed.users.values()})
     user_hashes = np.zeros((num_users + 1, 2), np.int32)
     user_hashes[1:, 0] = np.arange(1, num_users + 1)
-    for user, (gender, occupation) in parsed.users.items():
+    for user, (_, gender, occupation) in parsed.users.items():
         bucket = GENDERS.index(gender) * len(occupations) + occupations.index(occupation)
         user_hashes[user, 1] = num_users + 1 + bucket
 
@@ -382,3 +383,39 @@ def movie_catalog(dataset: Dataset, source: str | os.PathLike | None = None) -> 
     for item, movie in parsed.movies.items():
         titles[item], years[item], genres[item] = movie.title, movie.year or 0, tuple(movie.genres)
     return MovieCatalog(tuple(titles), years, tuple(genres))
+
+
+# Side features: `{column name: {id: categorical value}}`, as `Recommender.fit` takes them.
+SideFeatures = dict[str, dict[int, Hashable]]
+
+
+def side_features(
+    dataset: Dataset, source: str | os.PathLike | None = None
+) -> tuple[SideFeatures, SideFeatures]:
+    """`(item_features, user_features)` of `dataset`, keyed by the item and user ids its loader
+    gives (`source` as for `load_movielens_100k` / `load_movielens_1m`), for
+    `Recommender.fit(..., item_features=..., user_features=...)`.
+
+    Items: `"genres"` (the movie's genres in `GENRES` order joined by `|`, one category per
+    combination) and `"year"` (release year, an int). Users: `"age"`, `"gender"`,
+    `"occupation"` as the user file writes them (strings; MovieLens-1M's ages and occupations
+    are codes). An entity without a value is left out of that column; an empty column is
+    left out.
+    """
+    if dataset not in WHEELS:
+        raise ValueError(f"dataset: expected one of {sorted(WHEELS)}, got {dataset!r}")
+    parsed = _parse(dataset, source)
+    item_features: SideFeatures = {
+        "genres": {
+            item: "|".join(movie.genres) for item, movie in parsed.movies.items() if movie.genres
+        },
+        "year": {item: movie.year for item, movie in parsed.movies.items() if movie.year},
+    }
+    user_features: SideFeatures = {
+        name: {user: values[index] for user, values in parsed.users.items()}
+        for index, name in enumerate(("age", "gender", "occupation"))
+    }
+    return (
+        {name: column for name, column in item_features.items() if column},
+        {name: column for name, column in user_features.items() if column},
+    )

@@ -11,7 +11,7 @@ from .baselines import (
     split_full_ranking_metrics,
     svd_scores,
 )
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointManager, export_model, load_exported_model
 from .evaluation import evaluate_ranking, evaluate_retrieval, retrieval_scores
 from .losses import full_softmax_loss, ranking_loss, retrieval_loss
 from .metrics import (
@@ -32,16 +32,20 @@ from .models import (
     TrainableRetriever,
     ranking_objective,
     retrieval_objective,
+    warm_start_ranker,
 )
 from .sequential import SequenceExample, all_positions_objective
+from .sparse_optim import RowwiseAdagradState, rowwise_adagrad, rowwise_adagrad_for_tables
 from .steps import init_optimizer, make_eval_step, make_train_step, trainable
 
 __all__ = [
     "FULL_RANKING_KS",
     "RETRIEVAL_KS",
     "Checkpoint",
+    "CheckpointManager",
     "RankingExample",
     "RetrievalExample",
+    "RowwiseAdagradState",
     "SequenceExample",
     "TrainableRanker",
     "TrainableRetriever",
@@ -50,13 +54,14 @@ __all__ = [
     "ease_weights",
     "evaluate_ranking",
     "evaluate_retrieval",
+    "export_model",
     "full_ranking_metrics",
     "full_softmax_loss",
     "init_optimizer",
     "item_knn_scores",
     "item_similarity",
     "leave_two_out_baselines",
-    "load_checkpoint",
+    "load_exported_model",
     "log_loss",
     "make_eval_step",
     "make_train_step",
@@ -73,8 +78,10 @@ __all__ = [
     "retrieval_objective",
     "retrieval_scores",
     "roc_auc",
-    "save_checkpoint",
+    "rowwise_adagrad",
+    "rowwise_adagrad_for_tables",
     "split_full_ranking_metrics",
     "svd_scores",
     "trainable",
+    "warm_start_ranker",
 ]

@@ -1,19 +1,28 @@
-"""Checkpoints of model, optimiser state, step and data position.
+"""Checkpoints with Orbax: model, optimiser state, step and data position; and serving exports.
 
-One file: a magic line, the SHA-256 of everything after its own line, a JSON header (step,
-data position, the model's config field by field and every array's path, shape and dtype),
-then the arrays as written by `eqx.tree_serialise_leaves`. The checksum makes a truncated,
-padded or bit-flipped file an error rather than a silently different model. The file is
-written to a temporary file in the same directory, flushed to disk and renamed over the
-target, so a crash never leaves a half-written checkpoint. Loading restores arrays bit for bit.
+A `CheckpointManager` directory holds one subdirectory per saved step, each with two Orbax
+items: `state`, the array leaves of the model and of the optimiser state (tensorstore arrays:
+every process writes only the shards it owns, and a restore may place them on other devices or
+another mesh), and `metadata`, JSON with the data position, the model's config field by field
+and every array's path, shape and dtype. Static parts (config, activation functions) are never
+stored: the caller's template (a model built from its config, or `eqx.filter_eval_shape` of
+one) supplies them, and the restored arrays are combined into it.
+
+Orbax writes each step into a temporary directory and renames it once every process has
+finished, so a crash mid-save leaves only a temporary directory, which `latest_step` ignores
+(and a later manager deletes before its first save): an interrupted save never shadows a
+complete one. Orbax keeps no checksum of the array data: a truncated or missing file is
+reported as damage, a flipped bit inside an array is not.
+
+`export_model` writes a model's arrays alone (no optimiser state) for serving, and
+`load_exported_model` reads them back, onto one device by default.
 """
 
+import contextlib
 import dataclasses
-import hashlib
-import io
 import json
 import os
-import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +30,20 @@ import equinox as eqx
 import jax
 import numpy as np
 import optax
+from jax.sharding import Sharding, SingleDeviceSharding
 from jaxtyping import PyTree
 
-MAGIC = b"PHOENIX_EQX_CHECKPOINT 2\n"
-_MAGIC_PREFIX = b"PHOENIX_EQX_CHECKPOINT "
-_CHUNK = 1 << 20
+# Stored in the metadata item: a later layout change can then be told apart from damage.
+FORMAT = "phoenix_eqx checkpoint 3 (orbax)"
+
+ShardingChoice = Sharding | Callable[[jax.ShapeDtypeStruct], Sharding] | None
+
+
+def _orbax():
+    # orbax and tensorstore take about a second to import; only checkpointing needs them.
+    import orbax.checkpoint as ocp
+
+    return ocp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,127 +83,288 @@ def _config_differences(saved: dict[str, str] | None, expected: dict[str, str] |
     )
 
 
+def _is_array(leaf: Any) -> bool:
+    """An array leaf of a model or template (`eqx.filter_eval_shape` gives ShapeDtypeStructs)."""
+    return eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+
+
 def _layout(tree: PyTree) -> list[list[str]]:
     """`[path, shape, dtype]` of every array leaf, in flattening order."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [
-        [jax.tree_util.keystr(path), str(tuple(np.shape(leaf))), str(_dtype(leaf))]
+        [jax.tree_util.keystr(path), str(tuple(leaf.shape)), str(np.dtype(leaf.dtype))]
         for path, leaf in leaves
-        if eqx.is_array_like(leaf)
+        if _is_array(leaf)
     ]
 
 
-def _dtype(leaf) -> np.dtype:
-    return leaf.dtype if hasattr(leaf, "dtype") else np.result_type(leaf)
-
-
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: PyTree,
-    opt_state: optax.OptState,
-    *,
-    step: int,
-    data_position: Any = None,
-) -> Path:
-    """Atomically write the training state to `path` (a file; its directory must exist).
-
-    `data_position` is any JSON value (e.g. where the data stream stopped).
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise ValueError(f"path: expected an existing directory, got {path.parent}")
-    state = (model, opt_state)
-    header = {
-        "step": int(step),
-        "data_position": data_position,
-        "config": _model_config(model),
-        "layout": _layout(state),
-    }
-    body = io.BytesIO()
-    body.write(json.dumps(header).encode() + b"\n")
-    eqx.tree_serialise_leaves(body, state)
-    checksum = hashlib.sha256(body.getbuffer()).hexdigest().encode()
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(MAGIC)
-            file.write(checksum + b"\n")
-            file.write(body.getbuffer())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _verify(file, path: Path) -> None:
-    """Check the magic line and the checksum of the rest, leaving `file` after the checksum."""
-    magic = file.readline()
-    if magic != MAGIC:
-        if magic.startswith(_MAGIC_PREFIX):
-            raise ValueError(
-                f"path: expected checkpoint format {MAGIC.decode().split()[1]}, got "
-                f"{magic.decode(errors='replace').strip()!r} in {path} (damaged, or written by "
-                f"another phoenix_eqx version: save it again)"
-            )
-        if MAGIC.startswith(magic):
-            raise ValueError(
-                f"path: the checkpoint {path} is damaged (truncated in its first line)"
-            )
-        raise ValueError(f"path: expected a phoenix_eqx checkpoint, got {path}")
-    recorded = file.readline().strip()
-    start = file.tell()
-    digest = hashlib.sha256()
-    while chunk := file.read(_CHUNK):
-        digest.update(chunk)
-    if digest.hexdigest().encode() != recorded:
-        raise ValueError(
-            f"path: the checkpoint {path} is damaged (truncated, padded or corrupted): its "
-            f"contents do not match the checksum written with them"
-        )
-    file.seek(start)
-
-
-def load_checkpoint(
-    path: str | os.PathLike, model: PyTree, opt_state: optax.OptState
-) -> Checkpoint:
-    """Restore a checkpoint into the structure of `model` and `opt_state` (templates).
-
-    Raises a ValueError when the file is damaged (checksum mismatch), when the checkpoint comes
-    from another model config (naming each field that differs), or when its arrays (table
-    sizes, optimiser) differ from the templates'.
-    """
-    path = Path(path)
-    with open(path, "rb") as file:
-        _verify(file, path)
-        header = json.loads(file.readline())
-        expected_config = _model_config(model)
-        if header["config"] != expected_config:
-            raise ValueError(
-                f"checkpoint {path}: expected the template's model config, got one that differs "
-                f"in {_config_differences(header['config'], expected_config)}"
-            )
-        layout = _layout((model, opt_state))
-        if header["layout"] != layout:
-            found = [tuple(entry) for entry in header["layout"]]
-            mismatch = next(
-                (
-                    (want, got)
-                    for want, got in zip(layout, found, strict=False)
-                    if tuple(want) != got
-                ),
-                (f"{len(layout)} arrays", f"{len(found)} arrays"),
-            )
-            raise ValueError(
-                f"checkpoint {path}: arrays differ from the template (table sizes or "
-                f"optimiser?): expected {mismatch[0]}, got {mismatch[1]}"
-            )
-        restored_model, restored_opt_state = eqx.tree_deserialise_leaves(file, (model, opt_state))
-    return Checkpoint(
-        model=restored_model,
-        opt_state=restored_opt_state,
-        step=header["step"],
-        data_position=header["data_position"],
+def _check_layout(saved: list[list[str]], template: PyTree, where: str) -> None:
+    layout = _layout(template)
+    if saved == layout:
+        return
+    mismatch = next(
+        ((want, got) for want, got in zip(layout, saved, strict=False) if want != got),
+        (f"{len(layout)} arrays", f"{len(saved)} arrays"),
     )
+    raise ValueError(
+        f"{where}: arrays differ from the template (table sizes or optimiser?): expected "
+        f"{mismatch[0]}, got {mismatch[1]}"
+    )
+
+
+def _check_metadata(metadata: Any, model_template: PyTree, arrays: PyTree, where: str) -> None:
+    """Check the saved metadata against the model template's config and the layout of
+    `arrays` (the templates of everything saved), before any array is read."""
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ValueError(f"{where}: expected format {FORMAT!r} metadata, got {metadata!r}")
+    expected = _model_config(model_template)
+    if metadata["config"] != expected:
+        raise ValueError(
+            f"{where}: expected the template's model config, got one that differs in "
+            f"{_config_differences(metadata['config'], expected)}"
+        )
+    _check_layout(metadata["layout"], arrays, where)
+
+
+def _abstract(template: PyTree, shardings: ShardingChoice) -> PyTree:
+    """The template's array leaves as ShapeDtypeStructs placed by `shardings`: one sharding for
+    every array, a function of each array's shape and dtype, or (None) the template leaf's own
+    sharding, else the first local device."""
+
+    def place(leaf):
+        shape = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
+        if isinstance(shardings, Sharding):
+            sharding = shardings
+        elif shardings is not None:
+            sharding = shardings(shape)
+        else:
+            sharding = getattr(leaf, "sharding", None) or SingleDeviceSharding(
+                jax.local_devices()[0]
+            )
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+    return jax.tree.map(place, eqx.filter(template, _is_array))
+
+
+def _fill(template: PyTree, arrays: PyTree) -> PyTree:
+    """The template with its array leaves replaced by the restored `arrays`."""
+    return eqx.combine(arrays, eqx.filter(template, _is_array, inverse=True))
+
+
+def _json_value(value: Any, name: str) -> Any:
+    """A copy of a JSON value (an asynchronous save must not see later changes to it)."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: expected a JSON value, got {value!r} ({error})") from None
+
+
+class CheckpointManager:
+    """Training checkpoints in `directory`, one subdirectory per saved step.
+
+    ```python
+    with CheckpointManager("checkpoints/retrieval", max_to_keep=3) as checkpoints:
+        if checkpoints.latest_step() is not None:
+            restored = checkpoints.restore(model, opt_state)  # templates
+            model, opt_state, start = restored.model, restored.opt_state, restored.step
+        ...
+        checkpoints.save(step, model, opt_state, data_position={"next_step": step})
+    ```
+
+    Every process of a multi-process job must make the same calls. `max_to_keep` keeps the
+    newest steps (None: all of them). With `async_save`, `save` returns once the arrays are
+    copied to host memory and writes them in the background; `wait` (or leaving the `with`
+    block) waits for the writes and raises their errors.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        async_save: bool = False,
+    ):
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep: expected at least 1 or None, got {max_to_keep}")
+        ocp = _orbax()
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,  # what interrupted saves left behind
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def all_steps(self) -> list[int]:
+        """The saved steps, oldest first (found on disk: complete saves only)."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        """The newest saved step (found on disk: complete saves only); None when none."""
+        return self._manager.latest_step()
+
+    def save(
+        self,
+        step: int,
+        model: PyTree,
+        opt_state: optax.OptState,
+        *,
+        data_position: Any = None,
+    ) -> None:
+        """Save the model's and optimiser state's arrays, and `data_position` (any JSON value,
+        e.g. where the data stream stopped), as `step`: a step later than every saved one."""
+        latest = self.latest_step()
+        if step < 0 or (latest is not None and step <= latest):
+            raise ValueError(
+                f"step: expected a step after the latest saved one ({latest}) and at least 0, "
+                f"got {step}"
+            )
+        metadata = {
+            "format": FORMAT,
+            "data_position": _json_value(data_position, "data_position"),
+            "config": _model_config(model),
+            "layout": _layout((model, opt_state)),
+        }
+        ocp = _orbax()
+        arrays = {
+            "model": eqx.filter(model, eqx.is_array),
+            "opt_state": eqx.filter(opt_state, eqx.is_array),
+        }
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), metadata=ocp.args.JsonSave(metadata)
+            ),
+        )
+
+    def restore(
+        self,
+        model_template: PyTree,
+        opt_state_template: optax.OptState,
+        *,
+        step: int | None = None,
+        shardings: ShardingChoice = None,
+    ) -> Checkpoint:
+        """Restore `step` (the latest by default) into the structure of the templates.
+
+        The templates give the static parts and the array shapes: a model built from its config
+        and its optimiser state, or `eqx.filter_eval_shape` of them. Arrays are placed by
+        `shardings`: one sharding for every array (e.g. `NamedSharding(mesh, PartitionSpec())`
+        to replicate over a mesh), a function of each array's `jax.ShapeDtypeStruct`, or (None)
+        each template leaf's own sharding, else the first local device. The devices need not be
+        those that saved. The values are restored bit for bit.
+
+        Raises a ValueError when there is no such step, when the checkpoint comes from another
+        model config (naming each field that differs), when its arrays (table sizes, optimiser)
+        differ from the templates', or when it is damaged (files missing or truncated).
+        """
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise ValueError(
+                    f"directory: expected a checkpoint, found none in {self.directory}"
+                )
+            step = steps[-1]
+        elif step not in steps:
+            raise ValueError(f"step: expected one of the saved steps {steps}, got {step}")
+        where = f"checkpoint {self.directory} step {step}"
+        ocp = _orbax()
+        with _damage_reported(where):
+            metadata = self._manager.restore(
+                step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+            ).metadata
+        _check_metadata(metadata, model_template, (model_template, opt_state_template), where)
+        target = {
+            "model": _abstract(model_template, shardings),
+            "opt_state": _abstract(opt_state_template, shardings),
+        }
+        with _damage_reported(where):
+            arrays = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+            ).state
+        return Checkpoint(
+            model=_fill(model_template, arrays["model"]),
+            opt_state=_fill(opt_state_template, arrays["opt_state"]),
+            step=step,
+            data_position=metadata["data_position"],
+        )
+
+    def wait(self) -> None:
+        """Wait for asynchronous saves to finish; raises their errors."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for saves, then release Orbax's background resources."""
+        self._manager.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def _damage_reported(where: str) -> Iterator[None]:
+    """Report what Orbax and tensorstore raise for missing, truncated or unreadable files as a
+    damaged checkpoint."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        # Tensorstore appends its whole JSON spec; the chained error keeps it.
+        reason = str(error).split(" [tensorstore_spec")[0]
+        raise ValueError(
+            f"{where} is damaged (files missing, truncated or unreadable): {reason}"
+        ) from error
+
+
+def export_model(directory: str | os.PathLike, model: PyTree, *, overwrite: bool = False) -> Path:
+    """Write the model's arrays alone (no optimiser state) to `directory`, for serving.
+
+    Written atomically (a temporary directory renamed when complete); an existing `directory`
+    is an error unless `overwrite`. Returns the directory.
+    """
+    directory = Path(directory).absolute()
+    if directory.exists() and not overwrite:
+        raise ValueError(f"directory: expected a path that does not exist yet, got {directory}")
+    ocp = _orbax()
+    metadata = {"format": FORMAT, "config": _model_config(model), "layout": _layout(model)}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        checkpointer.save(
+            directory,
+            args=ocp.args.Composite(
+                model=ocp.args.StandardSave(eqx.filter(model, eqx.is_array)),
+                metadata=ocp.args.JsonSave(metadata),
+            ),
+            force=overwrite,
+        )
+    return directory
+
+
+def load_exported_model(
+    directory: str | os.PathLike, template: PyTree, *, sharding: ShardingChoice = None
+) -> PyTree:
+    """Read a model `export_model` wrote into the structure of `template` (a model of the same
+    config, or `eqx.filter_eval_shape` of one), bit for bit.
+
+    Arrays are placed by `sharding` as in `CheckpointManager.restore`; by default on the
+    template's devices, else the first local device. Raises a ValueError for another model
+    config (naming each field that differs), other arrays, or a damaged export.
+    """
+    directory = Path(directory).absolute()
+    if not directory.is_dir():
+        raise ValueError(f"directory: expected an exported model, got {directory}")
+    where = f"exported model {directory}"
+    ocp = _orbax()
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        with _damage_reported(where):
+            metadata = checkpointer.restore(
+                directory, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
+            ).metadata
+        _check_metadata(metadata, template, template, where)
+        target = _abstract(template, sharding)
+        with _damage_reported(where):
+            arrays = checkpointer.restore(
+                directory, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
+            ).model
+    return _fill(template, arrays)

@@ -119,9 +119,13 @@ def retrieval_loss(
     )
     removed = accidental | (in_batch_invalid[None, :] & ~own)
     logits = jnp.where(removed, REMOVED_LOGIT, logits)
+    # An invalid user's row is replaced before the softmax and its loss selected away, so it
+    # adds nothing, not even a NaN (its log_q may be -inf, its vector anything), to the loss
+    # or to any gradient.
+    logits = jnp.where(user_valid[:, None], logits, 0.0)
     per_user = -jnp.sum(jax.nn.log_softmax(logits, axis=-1) * own, axis=-1)
     weights = user_valid.astype(jnp.float32)
-    return jnp.sum(per_user * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(jnp.where(user_valid, per_user, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def full_softmax_loss(
@@ -149,7 +153,9 @@ def full_softmax_loss(
         jnp.asarray(temperature) <= 0,
         "temperature: expected > 0",
     )
-    logits = jnp.dot(user_vectors.astype(jnp.float32), item_vectors.astype(jnp.float32).T)
+    # Invalid rows are zeroed before and selected away after: they add nothing, even as NaN.
+    users = jnp.where(valid[:, None], user_vectors.astype(jnp.float32), 0.0)
+    logits = jnp.dot(users, item_vectors.astype(jnp.float32).T)
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits / temperature, targets)
     weights = valid.astype(jnp.float32)
-    return jnp.sum(per_row * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)

@@ -5,7 +5,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
+from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree, Scalar
 
 from ..config import PhoenixModelConfig, PhoenixRetrievalModelConfig
 from ..data.examples import RankingExample, RetrievalExample
@@ -32,10 +32,16 @@ class TrainableRanker(eqx.Module):
         num_author_rows: int,
         *,
         key: PRNGKeyArray,
+        table_init_std: float = 1.0,
     ):
         tables_key, model_key = jax.random.split(key)
         self.tables = HashEmbeddingTables(
-            num_user_rows, num_post_rows, num_author_rows, config.emb_size, key=tables_key
+            num_user_rows,
+            num_post_rows,
+            num_author_rows,
+            config.emb_size,
+            key=tables_key,
+            init_std=table_init_std,
         )
         self.model = PhoenixModel(config, key=model_key)
 
@@ -64,12 +70,18 @@ class TrainableRetriever(eqx.Module):
         *,
         key: PRNGKeyArray,
         initial_temperature: float = INITIAL_TEMPERATURE,
+        table_init_std: float = 1.0,
     ):
         if not initial_temperature > 0:
             raise ValueError(f"initial_temperature: expected > 0, got {initial_temperature}")
         tables_key, model_key = jax.random.split(key)
         self.tables = HashEmbeddingTables(
-            num_user_rows, num_post_rows, num_author_rows, config.emb_size, key=tables_key
+            num_user_rows,
+            num_post_rows,
+            num_author_rows,
+            config.emb_size,
+            key=tables_key,
+            init_std=table_init_std,
         )
         self.model = PhoenixRetrievalModel(config, key=model_key)
         self.log_temperature = jnp.asarray(math.log(initial_temperature), jnp.float32)
@@ -96,6 +108,61 @@ class TrainableRetriever(eqx.Module):
         leading shape (float32)."""
         post, author = self.tables.item_embeddings(post_hashes, author_hashes)
         return self.model.encode_items(post, author).astype(jnp.float32)
+
+
+def _with_arrays_of(target: PyTree, source: PyTree, name: str) -> PyTree:
+    """`target` with the arrays of `source`, a tree of the same structure whose static fields
+    may differ (another transformer config's candidate positions, say)."""
+    arrays, static = eqx.partition(target, eqx.is_array)
+    source_arrays = jax.tree.leaves(eqx.filter(source, eqx.is_array))
+    target_arrays = jax.tree.leaves(arrays)
+    shapes = [leaf.shape for leaf in target_arrays]
+    if [leaf.shape for leaf in source_arrays] != shapes:
+        raise ValueError(
+            f"{name}: expected arrays of shapes {shapes} (the ranker's), got "
+            f"{[leaf.shape for leaf in source_arrays]}"
+        )
+    return eqx.combine(jax.tree.unflatten(jax.tree.structure(arrays), source_arrays), static)
+
+
+def warm_start_ranker(ranker: TrainableRanker, retriever: TrainableRetriever) -> TrainableRanker:
+    """The ranker with the retriever's trained tables, transformer and `[user | history]` input
+    layer (user, history and action projections, surface table).
+
+    Both models read the user and the history the same way, so the ranker starts from a
+    history encoder that already knows what comes next, and learns from scratch only what is
+    its own: the candidate projection and the action head. Raises ValueError when the two were
+    built with different sizes.
+    """
+    ranker_input, retriever_input = ranker.model.embedding, retriever.model.embedding
+    prefix_fields = (
+        "action_projection",
+        "product_surface_table",
+        "user_projection",
+        "history_projection",
+    )
+    return eqx.tree_at(
+        lambda r: (
+            r.tables,
+            r.model.transformer,
+            *(getattr(r.model.embedding, field) for field in prefix_fields),
+        ),
+        ranker,
+        (
+            _with_arrays_of(ranker.tables, retriever.tables, "retriever.tables"),
+            _with_arrays_of(
+                ranker.model.transformer, retriever.model.transformer, "retriever.transformer"
+            ),
+            *(
+                _with_arrays_of(
+                    getattr(ranker_input, field),
+                    getattr(retriever_input, field),
+                    f"retriever.embedding.{field}",
+                )
+                for field in prefix_fields
+            ),
+        ),
+    )
 
 
 def ranking_objective(
