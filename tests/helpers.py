@@ -1,6 +1,10 @@
 """Small models, inputs and context managers shared by the tests."""
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -85,3 +89,24 @@ def library_checks_only():
         yield
     finally:
         jaxtyping.config.update("jaxtyping_disable", False)
+
+
+def run_on_cpu_devices(module: str, devices: int, xla_flags: str = "") -> dict:
+    """Run `python -m module` in a fresh process that sees `devices` emulated CPU devices (the
+    device count is fixed when JAX starts, so a test needing several cannot set it in-process)
+    and return the JSON object its last output line prints."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices} {xla_flags}"
+    )
+    env["JAX_PLATFORMS"] = "cpu"
+    completed = subprocess.run(
+        [sys.executable, "-m", module],
+        cwd=Path(__file__).resolve().parent.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])

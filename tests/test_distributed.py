@@ -5,11 +5,10 @@ this process, so the checks run in a subprocess (this file run as a script) that
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from .helpers import run_on_cpu_devices
 
 DEVICES = 8
 
@@ -119,22 +118,7 @@ def _rows(tree, count: int):
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES}"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.test_distributed"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_on_cpu_devices("tests.test_distributed", DEVICES)
 
 
 def test_runs_on_eight_devices(results):

@@ -5,19 +5,15 @@ this process, so both fits run in a subprocess (this file run as a module) that 
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from phoenix_eqx.recommender import _length_bucketed_batches
 
+from .helpers import run_on_cpu_devices
 from .test_multiprocess import FAST_COMPILE
 
-ROOT = Path(__file__).resolve().parent.parent
 DEVICES = 4
 NUM_USERS, NUM_ITEMS = 32, 30
 # Batches of 16 sequences (width 16): every batch divides by the devices.
@@ -99,22 +95,7 @@ def _worker() -> dict:
 
 @pytest.fixture(scope="module")
 def report() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "
-        f"{FAST_COMPILE}"
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.test_recommender_distributed"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_on_cpu_devices("tests.test_recommender_distributed", DEVICES, FAST_COMPILE)
 
 
 def test_data_parallel_fit_equals_the_single_device_fit(report):

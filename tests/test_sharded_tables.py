@@ -6,15 +6,14 @@ optimiser's own checks run here on one device.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
+from .helpers import run_on_cpu_devices
 
 DEVICES = 8
 ROWS = 64  # divisible by the 8 devices; above the 50 ids of `example_inputs`
@@ -179,24 +178,10 @@ def _random_batch(config, users: int, candidates: int):
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={DEVICES} "
-        # Compiling these tiny programs is most of the worker's time.
-        "--xla_backend_optimization_level=0"
+    # Compiling these tiny programs is most of the worker's time.
+    return run_on_cpu_devices(
+        "tests.test_sharded_tables", DEVICES, "--xla_backend_optimization_level=0"
     )
-    env["JAX_PLATFORMS"] = "cpu"
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    completed = subprocess.run(
-        [sys.executable, "-m", "tests.test_sharded_tables"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
 def test_sharded_lookups_and_gradients_equal_unsharded(results):
