@@ -204,7 +204,9 @@ def train_loop(
     return model, losses
 
 
-def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
+def _pyplot(console: Console):
+    """matplotlib's pyplot on the file-only Agg backend, or None (saying so) without the
+    `plot` extra."""
     try:
         import matplotlib
 
@@ -214,6 +216,13 @@ def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
         console.print(
             escape("matplotlib is not installed (pip install 'phoenix-eqx[plot]'): no PNG")
         )
+        return None
+    return plt
+
+
+def _plot(path: Path, curves: dict[str, list[float]], console: Console) -> None:
+    plt = _pyplot(console)
+    if plt is None:
         return
     figure, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
     for axis, (name, losses) in zip(axes[0], curves.items(), strict=True):
@@ -487,15 +496,8 @@ def _protocol_table(rows: dict[str, dict], mode: str, published: bool) -> Table:
 
 
 def _plot_validation(path: Path, history: list, console: Console) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        console.print(
-            escape("matplotlib is not installed (pip install 'phoenix-eqx[plot]'): no PNG")
-        )
+    plt = _pyplot(console)
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(7, 4))
     for stage in dict.fromkeys(record[1] for record in history):
