@@ -74,7 +74,10 @@ class FitOptions:
     (`PhoenixRetrievalModelConfig.user_pooling`); `table_init_std` the hash tables' initial
     scale (`HashEmbeddingTables`).
     Retrieval: up to `epochs` passes over the users, every position a target, Adam at
-    `learning_rate`. A step holds `batch_size` sequences of the full `history_seq_len`, or
+    `learning_rate`, held for most of each stage and then, over its last
+    `learning_rate_decay_share` (0: never; 1: the whole stage), lowered along a half cosine to
+    zero. A stage's length is its share of `time_budget_s`, or its `epochs` when those end
+    first. A step holds `batch_size` sequences of the full `history_seq_len`, or
     proportionally more shorter ones (sequences are batched by length to skip padding);
     `loss` is `"full"` (softmax over every item),
     `"sampled"` (in-batch negatives with logQ correction) or `"auto"` (full up to
@@ -101,6 +104,7 @@ class FitOptions:
     epochs: int = 100
     batch_size: int = 16
     learning_rate: float = 2e-3
+    learning_rate_decay_share: float = 0.0
     loss: Literal["auto", "full", "sampled"] = "auto"
     full_softmax_max_items: int = 50_000
     patience: int = 5
@@ -147,6 +151,11 @@ class FitOptions:
             raise ValueError(f"user_pooling: expected 'mean' or 'last', got {self.user_pooling!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate: expected > 0, got {self.learning_rate}")
+        if not 0 <= self.learning_rate_decay_share <= 1:
+            raise ValueError(
+                f"learning_rate_decay_share: expected in [0, 1], got "
+                f"{self.learning_rate_decay_share}"
+            )
         if self.loss not in ("auto", "full", "sampled"):
             raise ValueError(f"loss: expected 'auto', 'full' or 'sampled', got {self.loss!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -501,7 +510,19 @@ def _progress(verbose: bool) -> Progress:
 
 
 def _optimizer(options: FitOptions) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(options.learning_rate))
+    """Clipped Adam whose learning rate is a hyperparameter in its state (`_learning_rate`
+    sets it each step)."""
+    adam = optax.inject_hyperparams(optax.adam)(learning_rate=options.learning_rate)
+    return optax.chain(optax.clip_by_global_norm(1.0), adam)
+
+
+def _learning_rate(options: FitOptions, progress: float) -> jax.Array:
+    """The stage's learning rate when `progress` (0 to 1) of it is done: `learning_rate`
+    until the last `learning_rate_decay_share`, then a half cosine down to zero at 1."""
+    share = options.learning_rate_decay_share
+    into_decay = 0.0 if share == 0 else max(min(progress, 1.0) - (1.0 - share), 0.0) / share
+    rate = options.learning_rate * 0.5 * (1.0 + math.cos(math.pi * into_decay))
+    return jnp.asarray(rate, jnp.float32)
 
 
 def _padded_rows(rows: np.ndarray, size: int, padding_row: int) -> np.ndarray:
@@ -649,16 +670,22 @@ def _run_epochs(
     step = _train_step(objective, optimizer, mesh)
     opt_state = init_optimizer(optimizer, model)
     best, best_metrics, stale = model, {"hr@10": -1.0}, 0
+    clock = _StageClock(time.perf_counter(), deadline, mesh)
+    time_used, steps_done = 0.0, 0
     with _progress(options.verbose) as progress:
         for epoch in range(1, epochs + 1):
             task = progress.add_task(f"{stage} {epoch}", total=steps, loss=float("nan"))
             losses, started, trained = [], time.perf_counter(), 0
             for example in epoch_examples():
+                rate = _learning_rate(options, max(time_used, steps_done / (epochs * steps)))
+                opt_state = optax.tree.set(opt_state, learning_rate=rate)
                 model, opt_state, aux = step(model, opt_state, example)
+                steps_done += 1
                 losses.append(float(aux["loss"]))
                 trained += int(aux["targets"])
                 progress.update(task, advance=1, loss=float(np.mean(losses[-20:])))
-                if _out_of_time(deadline, mesh):
+                time_used = clock.fraction_used()
+                if time_used >= 1.0:
                     break
             rate = trained / (time.perf_counter() - started)
             replica = _replica(model, mesh)
@@ -673,7 +700,7 @@ def _run_epochs(
                 best, best_metrics, stale = replica, metrics, 0
             else:
                 stale += 1
-            if stale >= options.patience or _out_of_time(deadline, mesh):
+            if stale >= options.patience or clock.fraction_used() >= 1.0:
                 break
     return best, best_metrics
 
@@ -701,13 +728,25 @@ def _replica(model: PyTree, mesh: Mesh | None) -> PyTree:
     return model if mesh is None else distributed.local_replica(model)
 
 
-def _out_of_time(deadline: float, mesh: Mesh | None) -> bool:
-    """Whether `deadline` has passed. With several processes, process 0's clock decides for
-    all: one stopping alone would leave the others waiting in the next step's collectives."""
-    late = time.perf_counter() > deadline
-    if mesh is None or jax.process_count() == 1 or math.isinf(deadline):
-        return late
-    return bool(multihost_utils.broadcast_one_to_all(np.bool_(late)))
+@dataclasses.dataclass(frozen=True)
+class _StageClock:
+    """A stage's time from `start` to `deadline` (`perf_counter` seconds; inf: no limit)."""
+
+    start: float
+    deadline: float
+    mesh: Mesh | None
+
+    def fraction_used(self) -> float:
+        """How much of the stage's time has passed (0 without a deadline; >= 1: stop). With
+        several processes, process 0's clock decides for all: one stopping alone would leave
+        the others waiting in the next step's collectives, and the learning rate it sets
+        must be the same everywhere."""
+        if math.isinf(self.deadline):
+            return 0.0
+        used = (time.perf_counter() - self.start) / max(self.deadline - self.start, 1e-9)
+        if self.mesh is None or jax.process_count() == 1:
+            return used
+        return float(multihost_utils.broadcast_one_to_all(np.float64(used)))
 
 
 def _length_bucketed_batches(

@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import time
+import typing
 from pathlib import Path
 
 import jax
@@ -639,7 +640,13 @@ NO_FLAG = ("time_budget_s", "action_weights", "verbose")
 
 
 # Flags whose values are names.
-FLAG_CHOICES = {"loss": ("auto", "full", "sampled"), "user_pooling": ("mean", "last")}
+# A `Literal`-typed option's flag accepts its values only.
+FLAG_CHOICES = {
+    name: typing.get_args(hint)
+    for options in (TrainOptions, FitOptions)
+    for name, hint in typing.get_type_hints(options).items()
+    if typing.get_origin(hint) is typing.Literal
+}
 
 
 def _parse_bool(text: str) -> bool:

@@ -6,10 +6,13 @@ import math
 import sys
 import warnings
 
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import phoenix_eqx as px
+from phoenix_eqx import recommender
 
 from .helpers import library_checks_only
 
@@ -167,6 +170,33 @@ def test_fit_options_reject_out_of_range_values():
         px.FitOptions(history_seq_len=201)
     with pytest.raises(ValueError, match="action_weights"):
         px.FitOptions(action_weights=(("no_such_action", 1.0),))
+    with pytest.raises(ValueError, match="learning_rate_decay_share"):
+        px.FitOptions(learning_rate_decay_share=1.5)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 1.0])
+def test_learning_rate_holds_then_decays_to_zero_and_never_rises(share):
+    options = px.FitOptions(learning_rate=3e-3, learning_rate_decay_share=share)
+    progress = np.linspace(0.0, 1.2, 25)  # past 1: a last step after the deadline
+    rates = np.array([float(recommender._learning_rate(options, p)) for p in progress])
+    assert np.all(np.diff(rates) <= 1e-12) and np.all(rates >= 0)
+    held = progress <= 1.0 - share
+    np.testing.assert_allclose(rates[held], 3e-3, rtol=1e-6)
+    if share:
+        np.testing.assert_allclose(rates[progress >= 1.0], 0.0, atol=1e-12)
+        halfway = float(recommender._learning_rate(options, 1.0 - share / 2))
+        np.testing.assert_allclose(halfway, 1.5e-3, rtol=1e-5)
+
+
+def test_the_rate_set_in_the_optimizer_state_is_the_rate_adam_steps_with():
+    options = px.FitOptions(learning_rate_decay_share=1.0)
+    optimizer = recommender._optimizer(options)
+    state = optimizer.init({"w": jnp.zeros(3)})
+    state = optax.tree.set(state, learning_rate=recommender._learning_rate(options, 0.5))
+    grads = {"w": jnp.ones(3)}
+    updates, _ = optimizer.update(grads, state, {"w": jnp.zeros(3)})
+    # Adam's first update is -rate * sign(gradient) (clipping keeps the direction).
+    np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-3)
 
 
 def test_read_interactions_csv_by_column_name(tmp_path):
