@@ -21,9 +21,9 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import equinox as eqx
 import jax
@@ -44,6 +44,13 @@ from .config import (
     PhoenixRetrievalModelConfig,
     TransformerConfig,
 )
+from .data.feature_hashes import (
+    FeatureHashes,
+    SideFeatures,
+    feature_columns,
+    feature_hashes,
+    plain_value,
+)
 from .data.interactions import rating_actions
 from .inputs import RecsysBatch
 from .kernels import corpus_top_k
@@ -55,9 +62,6 @@ from .training.steps import Objective, TrainStep, init_optimizer, make_train_ste
 FORMAT_VERSION = 2  # 2: side features (features.npz)
 # Implicit feedback: every row is an engagement, seen as a click and a favorite.
 ENGAGED = ("click_score", "favorite_score")
-# Users are fed through one shared row: the user token is a learned start-of-sequence token,
-# so users unseen in training are served like any other.
-SHARED_USER_ROW = 1
 EVAL_CHUNK = 256
 MIN_CHUNK = 32
 # The narrowest training window: shorter sequences share its batches (and compilation).
@@ -183,18 +187,13 @@ class FitOptions:
         return "full" if num_items <= self.full_softmax_max_items else "sampled"
 
 
-def _plain(value: Any) -> Hashable:
-    """A numpy scalar as its Python value, so ids compare and serialise like the user's."""
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _ids(values, name: str) -> list:
     if isinstance(values, str | bytes) or not hasattr(values, "__len__"):
         raise ValueError(f"{name}: expected a 1-D sequence of ids, got {type(values).__name__}")
     array = np.asarray(values, dtype=object)
     if array.ndim != 1:
         raise ValueError(f"{name}: expected a 1-D sequence, got shape {array.shape}")
-    plain = [_plain(value) for value in array]
+    plain = [plain_value(value) for value in array]
     for value in plain:
         try:
             hash(value)
@@ -230,130 +229,6 @@ def _windows(sequences: list[np.ndarray], history_seq_len: int) -> np.ndarray:
     return windows
 
 
-# Side features: `{column name: {id: categorical value}}`.
-SideFeatures = Mapping[str, Mapping[Hashable, Hashable]]
-
-
-@dataclasses.dataclass(frozen=True)
-class _FeatureHashes:
-    """Phoenix's hashes of every item row and every user known from fit.
-
-    Item row `r` hashes to `item_hashes[r]`: post row `r` (its id), then one post row per item
-    column. A known user hashes to `user_hashes[user]`: `SHARED_USER_ROW`, then one user row per
-    user column. A column's values get rows of their own after the ids' rows (item rows
-    `1..num_items`, the shared user row), numbered column after column, so no two collide; an
-    id without a value in a column gets 0 there, padding (a zero embedding). Without columns
-    the hashes are the ids alone.
-    """
-
-    item_columns: tuple[str, ...]
-    user_columns: tuple[str, ...]
-    item_hashes: Int[np.ndarray, "rows item_hashes"]
-    user_hashes: dict[Hashable, Int[np.ndarray, " user_hashes"]]
-    num_post_rows: int
-    num_user_rows: int
-
-    def user_rows(self, users: Sequence[Hashable]) -> Int[np.ndarray, "users user_hashes"]:
-        """`[len(users), user_hashes]`: the users' hashes; a user unknown to fit gets the shared
-        row and padding for its features (`unknown_user`)."""
-        rows = np.empty((len(users), 1 + len(self.user_columns)), np.int32)
-        for index, user in enumerate(users):
-            rows[index] = self.user_hashes.get(user, self.unknown_user)
-        return rows
-
-    @property
-    def unknown_user(self) -> Int[np.ndarray, " user_hashes"]:
-        return np.array([SHARED_USER_ROW] + [0] * len(self.user_columns), np.int32)
-
-
-def _feature_columns(
-    features: SideFeatures | None, name: str, ids: list
-) -> list[tuple[str, dict[Hashable, Hashable]]]:
-    """The validated columns of `features` (`name`: the argument), ids and values as plain
-    Python values; `ids` are the log's, of which every column must name at least one."""
-    if features is None:
-        return []
-    if not isinstance(features, Mapping):
-        raise ValueError(
-            f"{name}: expected a mapping {{column name: {{id: value}}}}, "
-            f"got {type(features).__name__}"
-        )
-    known = set(ids)
-    columns = []
-    for column, values in features.items():
-        if not isinstance(column, str):
-            raise ValueError(f"{name}: expected str column names, got {column!r}")
-        where = f"{name}[{column!r}]"
-        if not isinstance(values, Mapping):
-            raise ValueError(
-                f"{where}: expected a mapping {{id: value}}, got {type(values).__name__}"
-            )
-        if not values:
-            raise ValueError(f"{where}: expected at least one value, got an empty column")
-        plain = {}
-        for key, value in values.items():
-            value = _plain(value)
-            try:
-                hash(value)
-            except TypeError:
-                raise ValueError(
-                    f"{where}: expected hashable values, got {value!r} for id {key!r}"
-                ) from None
-            plain[_plain(key)] = value
-        if known.isdisjoint(plain):
-            raise ValueError(
-                f"{where}: expected ids from the log (like {ids[0]!r}), got none of them "
-                f"(first {next(iter(plain))!r})"
-            )
-        columns.append((column, plain))
-    return columns
-
-
-def _value_rows(
-    ids: list, columns: list[tuple[str, dict[Hashable, Hashable]]], first_row: int
-) -> tuple[Int[np.ndarray, "ids columns"], int]:
-    """Each id's row for its value in each column (0 without one), values numbered from
-    `first_row` in order of first appearance, column after column; and the next free row."""
-    rows = np.zeros((len(ids), len(columns)), np.int32)
-    next_row = first_row
-    for index, (_, values) in enumerate(columns):
-        numbered: dict[Hashable, int] = {}
-        for position, entity in enumerate(ids):
-            if entity in values:
-                rows[position, index] = numbered.setdefault(
-                    values[entity], next_row + len(numbered)
-                )
-        next_row += len(numbered)
-    return rows, next_row
-
-
-def _feature_hashes(
-    item_ids: list,
-    user_ids: list,
-    item_columns: Sequence[tuple[str, dict[Hashable, Hashable]]] = (),
-    user_columns: Sequence[tuple[str, dict[Hashable, Hashable]]] = (),
-) -> _FeatureHashes:
-    """The hashes of `item_ids` (rows `1..`) and `user_ids` with the given side-feature
-    columns (`_feature_columns`); none: the ids alone."""
-    num_items = len(item_ids)
-    item_values, num_post_rows = _value_rows(item_ids, list(item_columns), num_items + 1)
-    item_hashes = np.zeros((num_items + 1, 1 + len(item_columns)), np.int32)
-    item_hashes[1:, 0] = np.arange(1, num_items + 1)
-    item_hashes[1:, 1:] = item_values
-    user_values, num_user_rows = _value_rows(user_ids, list(user_columns), SHARED_USER_ROW + 1)
-    user_hashes = np.concatenate(
-        [np.full((len(user_ids), 1), SHARED_USER_ROW, np.int32), user_values], axis=1
-    )
-    return _FeatureHashes(
-        item_columns=tuple(name for name, _ in item_columns),
-        user_columns=tuple(name for name, _ in user_columns),
-        item_hashes=item_hashes,
-        user_hashes=dict(zip(user_ids, user_hashes, strict=True)),
-        num_post_rows=num_post_rows,
-        num_user_rows=num_user_rows,
-    )
-
-
 def _author_hashes(post_hashes: Int[Array, "*items item_hashes"]) -> Int[Array, "*items 1"]:
     """One author row shared by every item (0 for padding)."""
     return (post_hashes[..., :1] > 0).astype(jnp.int32)
@@ -365,7 +240,7 @@ def _batch(
     candidates: Int[Array | np.ndarray, "batch candidates"],
     item_hashes: Int[Array | np.ndarray, "rows item_hashes"],
 ) -> RecsysBatch:
-    """Item rows as Phoenix features: post hashes `item_hashes[row]` (`_FeatureHashes`), one
+    """Item rows as Phoenix features: post hashes `item_hashes[row]` (`FeatureHashes`), one
     shared author row, surface 0; `users` are the users' hashes."""
     histories, candidates = jnp.asarray(histories), jnp.asarray(candidates)
     item_hashes = jnp.asarray(item_hashes, jnp.int32)
@@ -398,7 +273,7 @@ def _transformer(options: FitOptions, candidate_positions: str) -> TransformerCo
 
 
 def _build_models(
-    options: FitOptions, features: _FeatureHashes, *, key: PRNGKeyArray
+    options: FitOptions, features: FeatureHashes, *, key: PRNGKeyArray
 ) -> tuple[TrainableRetriever, TrainableRanker]:
     retriever_key, ranker_key = jax.random.split(key)
     common = dict(
@@ -786,7 +661,7 @@ def _train_retriever(
     retriever: TrainableRetriever,
     sequences: list[np.ndarray],
     users: list,
-    features: _FeatureHashes,
+    features: FeatureHashes,
     validation: _Validation,
     run: _FitRun,
     deadline: float,
@@ -880,7 +755,7 @@ def _train_ranker(
     sequences: list[np.ndarray],
     actions: list[np.ndarray],
     users: list,
-    features: _FeatureHashes,
+    features: FeatureHashes,
     validation: _Validation,
     run: _FitRun,
     deadline: float,
@@ -1023,7 +898,7 @@ class Recommender:
         use_ranker: bool,
         validation: dict[str, dict[str, float]],
         validation_history: Sequence[ValidationRecord] = (),
-        features: _FeatureHashes | None = None,
+        features: FeatureHashes | None = None,
     ):
         """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
 
@@ -1038,7 +913,7 @@ class Recommender:
         self.use_ranker = use_ranker
         self.validation = validation
         self.validation_history = [tuple(record) for record in validation_history]
-        self.features = _feature_hashes(item_ids, list(histories)) if features is None else features
+        self.features = feature_hashes(item_ids, list(histories)) if features is None else features
         self._item_rows = {item: row for row, item in enumerate(item_ids, start=1)}
         self._item_hashes = jnp.asarray(self.features.item_hashes)
         self._item_vectors = _item_vectors(retriever, self._item_hashes)
@@ -1070,7 +945,7 @@ class Recommender:
 
         `item_features`, `user_features`: optional categorical side features,
         `{column name: {item (user) id: value}}` with hashable values; each column becomes one
-        more hash of the items (users), as Phoenix's extra hashes (see `_FeatureHashes`). Ids
+        more hash of the items (users), as Phoenix's extra hashes (see `FeatureHashes`). Ids
         missing from a column get padding there. Without them the model uses ids alone.
 
         `mesh`: a one-axis mesh named "batch" (`distributed.global_mesh("batch")`, every device
@@ -1096,11 +971,11 @@ class Recommender:
                     f"got {options.batch_size}"
                 )
         log = _index_log(user_ids, item_ids, timestamps, ratings)
-        features = _feature_hashes(
+        features = feature_hashes(
             log.item_ids,
             log.user_ids,
-            _feature_columns(item_features, "item_features", log.item_ids),
-            _feature_columns(user_features, "user_features", log.user_ids),
+            feature_columns(item_features, "item_features", log.item_ids),
+            feature_columns(user_features, "user_features", log.user_ids),
         )
         held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
         if not held_out:
@@ -1394,7 +1269,7 @@ class Recommender:
             stored = np.load(files[2], allow_pickle=False)
             sequences = np.split(stored["items"], np.cumsum(stored["lengths"])[:-1])
             hashes = np.load(files[3], allow_pickle=False)
-            features = _FeatureHashes(
+            features = FeatureHashes(
                 item_columns=tuple(meta["features"]["item_columns"]),
                 user_columns=tuple(meta["features"]["user_columns"]),
                 item_hashes=hashes["item_hashes"],

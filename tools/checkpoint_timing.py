@@ -18,7 +18,8 @@ from pathlib import Path
 import jax
 
 import phoenix_eqx as px
-from phoenix_eqx.recommender import _build_models, _feature_hashes, _optimizer
+from phoenix_eqx.data.feature_hashes import feature_hashes
+from phoenix_eqx.recommender import _build_models, _optimizer
 from phoenix_eqx.training import (
     CheckpointManager,
     export_model,
@@ -81,7 +82,7 @@ def measure(name: str, model, opt_state, root: Path) -> dict:
 
 def main(root: Path) -> dict:
     options = px.FitOptions()
-    ids_only = _feature_hashes(list(range(NUM_ITEMS)), [])
+    ids_only = feature_hashes(list(range(NUM_ITEMS)), [])
     retriever, ranker = _build_models(options, ids_only, key=jax.random.key(options.seed))
     optimizer = _optimizer(options)
     report = {

@@ -25,13 +25,14 @@ import re
 import subprocess
 import sys
 import zipfile
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from jaxtyping import Int
 
+from .feature_hashes import SideFeatures
 from .interactions import InteractionData
 
 CACHE_ENV = "PHOENIX_EQX_CACHE"
@@ -383,10 +384,6 @@ def movie_catalog(dataset: Dataset, source: str | os.PathLike | None = None) -> 
     for item, movie in parsed.movies.items():
         titles[item], years[item], genres[item] = movie.title, movie.year or 0, tuple(movie.genres)
     return MovieCatalog(tuple(titles), years, tuple(genres))
-
-
-# Side features: `{column name: {id: categorical value}}`, as `Recommender.fit` takes them.
-SideFeatures = dict[str, dict[int, Hashable]]
 
 
 def side_features(
