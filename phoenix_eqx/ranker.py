@@ -115,6 +115,58 @@ class PhoenixModel(eqx.Module):
         )
         return self.action_logits(hidden)
 
+    def score_candidates_at_cuts(
+        self,
+        cache: PrefixCache,
+        rows: Int[Array, " cuts"],
+        lengths: Int[Array, " cuts"],
+        batch: RecsysBatch,
+        embeddings: RecsysEmbeddings,
+    ) -> Float[Array, "cuts candidates actions"]:
+        """Action logits of `batch`'s candidates (row `i`: cut `i`), each against cached prefix
+        `rows[i]` cut to its first `lengths[i]` tokens (the user token and `lengths[i] - 1`
+        history items): equal to `score_candidates` after encoding each cut prefix on its own.
+
+        One prefix pass then serves many training positions of a sequence. It needs the causal
+        history attention: a causal prefix's keys and values at a token depend only on the
+        tokens up to it, so cutting the cache is encoding the shorter prefix. Rotary scores
+        depend only on distances: with shared positions a cut's candidates sit right after
+        its last kept token (the whole prefix's frame, shifted by the tokens cut off); with
+        sequential ones where they always sit. `batch`'s user and history fields are unread
+        beyond their shapes, which must give `len(rows)` rows and the cache's prefix.
+        """
+        config = self.config
+        if config.model.history_attention != "causal":
+            raise ValueError(
+                "config.model.history_attention: expected 'causal' (a cut prefix must not "
+                f"have seen later items), got {config.model.history_attention!r}"
+            )
+        if rows.ndim != 1 or lengths.shape != rows.shape:
+            raise ValueError(
+                f"lengths: expected the shape of rows {rows.shape}, got {lengths.shape}"
+            )
+        check_inputs(batch, embeddings, config, needs_candidates=True)
+        if batch.user_hashes.shape[0] != rows.shape[0]:
+            raise ValueError(
+                f"batch: expected {rows.shape[0]} rows (one per cut), got "
+                f"{batch.user_hashes.shape[0]}"
+            )
+        whole_valid = cache.prefix_valid[rows]
+        kept = whole_valid & (jnp.arange(cache.num_prefix) < lengths[:, None])
+        cut = PrefixCache(keys=cache.keys[:, rows], values=cache.values[:, rows], prefix_valid=kept)
+        candidates, candidate_valid = self.embedding.candidate_tokens(batch, embeddings)
+        num_cuts, num_candidates = candidate_valid.shape
+        positions = candidate_positions(
+            num_cuts, cache.num_prefix, num_candidates, config.model.candidate_positions
+        )
+        if config.model.candidate_positions == "shared":
+            tokens_cut_off = jnp.sum(whole_valid, axis=1) - jnp.sum(kept, axis=1)
+            positions = positions - tokens_cut_off[:, None].astype(positions.dtype)
+        hidden = self.transformer.score_candidates(
+            candidates.astype(config.fprop_dtype), positions, candidate_valid, cut
+        )
+        return self.action_logits(hidden)
+
     def action_logits(
         self, candidate_hidden: Float[Array, "batch candidates emb"]
     ) -> Float[Array, "batch candidates actions"]:

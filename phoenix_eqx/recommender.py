@@ -87,9 +87,10 @@ class FitOptions:
     `"sampled"` (in-batch negatives with logQ correction) or `"auto"` (full up to
     `full_softmax_max_items` items). Training stops after `patience` epochs without a better
     validation HR@10 and keeps the best epoch.
-    Ranker: `ranker_epochs` passes, each user once per pass at a random position of its
-    sequence, with `ranker_candidates` candidates: the true next item plus the retriever's
-    best other items (hard negatives). With `ranker_warm_start` it starts from the trained
+    Ranker: `ranker_epochs` passes, each user once per pass, its sequence encoded once and
+    cut at `ranker_positions_per_user` random positions, each with `ranker_candidates`
+    candidates: the true next item plus negatives drawn from the retriever's top
+    `num_retrieved` for that prefix. With `ranker_warm_start` it starts from the trained
     retriever's tables, transformer and history input layer (`training.warm_start_ranker`).
     Serving: `num_retrieved` items from retrieval go to the ranker; the final order is by
     `sum(weight * probability)` over `action_weights` (action name, weight) pairs.
@@ -114,6 +115,7 @@ class FitOptions:
     patience: int = 5
     ranker_epochs: int = 10
     ranker_candidates: int = 32
+    ranker_positions_per_user: int = 1
     ranker_warm_start: bool = True
     num_retrieved: int = 200
     action_weights: tuple[tuple[str, float], ...] = (("click_score", 1.0), ("favorite_score", 0.25))
@@ -133,6 +135,7 @@ class FitOptions:
             "full_softmax_max_items",
             "patience",
             "ranker_candidates",
+            "ranker_positions_per_user",
             "num_retrieved",
         ):
             value = getattr(self, name)
@@ -537,6 +540,8 @@ def _run_epochs(
 ) -> tuple[PyTree, dict[str, float]]:
     """The training loop of both stages: up to `epochs` passes of Adam steps over
     `epoch_examples()` (`steps` of them), each followed by `evaluate` of this process's replica.
+    The rate follows `_learning_rate` over the stage's progress: the larger of its time used
+    (to `deadline`) and its steps done (of `epochs * steps`).
     Keeps the epoch with the best validation HR@10 and stops after `options.patience` epochs
     without a better one, or at `deadline`. The objective's aux has the step's "loss" and
     "targets" (how many it trained)."""
@@ -590,12 +595,15 @@ def _train_step(
 
 def _on_mesh(example: PyTree, mesh: Mesh | None) -> PyTree:
     """A step's whole batch, which every process builds alike (same seed, same draws), as the
-    global batch over the mesh: each process contributes its `process_local_slice` of the
-    rows. Unchanged without a mesh."""
+    global batch over the mesh: each process contributes its `process_local_slice` of every
+    leaf's rows (leaves may differ in rows: a ranker step's users and their cuts). Unchanged
+    without a mesh."""
     if mesh is None:
         return example
-    rows = distributed.process_local_slice(jax.tree.leaves(example)[0].shape[0], mesh)
-    return distributed.make_global_batch(jax.tree.map(lambda leaf: leaf[rows], example), mesh)
+    local = jax.tree.map(
+        lambda leaf: leaf[distributed.process_local_slice(leaf.shape[0], mesh)], example
+    )
+    return distributed.make_global_batch(local, mesh)
 
 
 def _replica(model: PyTree, mesh: Mesh | None) -> PyTree:
@@ -749,6 +757,27 @@ def _train_retriever(
     )
 
 
+@eqx.filter_jit
+def _retrieved_at_cuts(
+    retriever: TrainableRetriever,
+    item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: Int[Array, "batch user_hashes"],
+    windows: Int[Array, "batch history"],
+    cut_rows: Int[Array, " cuts"],
+    cut_items: Int[Array, " cuts"],
+    exclude: Int[Array, "cuts excluded"],
+    k: int,
+) -> Int[Array, "cuts k"]:
+    """Retrieval's top `k` for each cut prefix `[user | windows[cut_rows[i], :cut_items[i]]]`
+    (never the rows in `exclude`), from one pass over the whole windows: a prefix's user
+    vector is `encode_all_prefixes`' row for it."""
+    batch = _batch(users, windows, jnp.zeros((windows.shape[0], 0), jnp.int32), item_hashes)
+    prefixes, _ = retriever.model.encode_all_prefixes(batch, retriever.tables(batch))
+    retrieved, _ = _top_unseen(prefixes[cut_rows, cut_items], item_vectors, exclude, k)
+    return retrieved
+
+
 def _train_ranker(
     ranker: TrainableRanker,
     retriever: TrainableRetriever,
@@ -760,13 +789,16 @@ def _train_ranker(
     run: _FitRun,
     deadline: float,
 ) -> tuple[TrainableRanker, dict[str, float]]:
-    """The ranker on what retrieval returns: per user and epoch, a random position's true item
-    plus negatives drawn from the retriever's top `num_retrieved` for that prefix, all in one
-    candidate-isolated pass (`sequences[i]`, `actions[i]` are `users[i]`'s). With a mesh,
-    data-parallel over it."""
+    """The ranker on what retrieval returns. A step encodes `batch_size` users' sequences once
+    and cuts each at `ranker_positions_per_user` random positions: a cut's candidates are its
+    true next item plus negatives drawn from the retriever's top `num_retrieved` for that
+    prefix, scored against the cut prefix (`TrainableRanker.score_at_cuts`), so candidate
+    isolation keeps them independent (`sequences[i]`, `actions[i]` are `users[i]`'s). With a
+    mesh, data-parallel over it."""
     options, mesh = run.options, run.mesh
     num_items = features.item_hashes.shape[0] - 1
     history_seq_len, batch_size = options.history_seq_len, options.batch_size
+    cuts_per_user = options.ranker_positions_per_user
     num_negatives = min(options.ranker_candidates - 1, num_items - 1)
     num_pool = min(max(options.num_retrieved, num_negatives), num_items - 1)
     item_hashes = jnp.asarray(features.item_hashes)
@@ -783,14 +815,16 @@ def _train_ranker(
     loss_weights = jnp.asarray(options.weight_vector() != 0, jnp.float32)
 
     def objective(model, example):
-        batch, labels = example
-        logits = model(batch)
-        value = ranking_loss(logits, labels, batch.candidate_valid, loss_weights)
-        return value, {"loss": value, "targets": jnp.sum(batch.candidate_valid)}
+        prefixes, cut_rows, cut_lengths, candidates, labels = example
+        logits = model.score_at_cuts(prefixes, cut_rows, cut_lengths, candidates)
+        value = ranking_loss(logits, labels, candidates.candidate_valid, loss_weights)
+        return value, {"loss": value, "targets": jnp.sum(candidates.candidate_valid)}
 
     rng = np.random.default_rng([options.seed, 2])
-    weights = jnp.asarray(options.weight_vector())
     steps = math.ceil(len(sequences) / batch_size)
+    # Cuts are user-major (user `i`'s are `i * cuts_per_user ...`), so a process's share of the
+    # users and its share of the cuts are the same slice of each.
+    cut_rows = np.repeat(np.arange(batch_size), cuts_per_user)
 
     def epoch_examples():
         order = rng.permutation(len(sequences))
@@ -798,20 +832,22 @@ def _train_ranker(
             rows = _padded_rows(
                 order[index * batch_size : (index + 1) * batch_size], batch_size, len(sequences)
             )
-            positions = rng.integers(0, lengths[rows])
-            keep = np.arange(history_seq_len)[None, :] < positions[:, None]
-            histories = np.where(keep, windows[rows], 0)
-            positives = windows[rows, positions]
-            excluded = np.concatenate([histories, positives[:, None]], axis=1)
-            retrieved, _ = _two_stage(
+            # A cut keeps a user's first `cut_items` items; the next one is its positive.
+            cut_items = rng.integers(0, lengths[rows][:, None], (batch_size, cuts_per_user))
+            cut_items = cut_items.reshape(-1)
+            cut_users = rows[cut_rows]
+            keep = np.arange(history_seq_len)[None, :] < cut_items[:, None]
+            histories = np.where(keep, windows[cut_users], 0)
+            positives = windows[cut_users, cut_items]
+            retrieved = _retrieved_at_cuts(
                 retriever,
-                None,
                 vectors,
                 item_hashes,
                 jnp.asarray(user_hashes[rows]),
-                jnp.asarray(histories),
-                jnp.asarray(excluded),
-                weights,
+                jnp.asarray(windows[rows]),
+                jnp.asarray(cut_rows),
+                jnp.asarray(cut_items),
+                jnp.asarray(np.concatenate([histories, positives[:, None]], axis=1)),
                 num_pool,
             )
             # Negatives drawn uniformly from what retrieval hands the ranker at serving time
@@ -819,15 +855,17 @@ def _train_ranker(
             # that retrieval's favourites are wrong, and it then demotes the right item.
             picks = np.argsort(rng.random(retrieved.shape), axis=1)[:, :num_negatives]
             negatives = np.take_along_axis(np.asarray(retrieved), picks, axis=1)
-            candidates = np.concatenate(
-                [positives[:, None], np.maximum(np.asarray(negatives), 0)], axis=1
-            )
+            candidates = np.concatenate([positives[:, None], np.maximum(negatives, 0)], axis=1)
             candidates[positives == 0] = 0  # the all-padding row that fills the batch
-            labels = np.zeros((batch_size, candidates.shape[1], len(ACTIONS)), np.float32)
-            labels[:, 0] = action_windows[rows, positions]
+            labels = np.zeros((*candidates.shape, len(ACTIONS)), np.float32)
+            labels[:, 0] = action_windows[cut_users, cut_items]
+            empty = np.zeros((batch_size, 0), np.int32)
             yield _on_mesh(
                 (
-                    _batch(user_hashes[rows], histories, candidates, item_hashes),
+                    _batch(user_hashes[rows], windows[rows], empty, item_hashes),
+                    jnp.asarray(cut_rows),
+                    jnp.asarray(cut_items + 1),  # the user token and the kept items
+                    _batch(user_hashes[cut_users], histories, candidates, item_hashes),
                     jnp.asarray(labels),
                 ),
                 mesh,

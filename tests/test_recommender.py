@@ -74,7 +74,7 @@ def fitted_with_features():
         times,
         item_features=item_features,
         user_features=user_features,
-        options=dataclasses.replace(QUICK, epochs=6),
+        options=dataclasses.replace(QUICK, epochs=6, ranker_positions_per_user=3),
     )
     return rec, walks
 

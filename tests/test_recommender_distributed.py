@@ -29,6 +29,7 @@ OPTIONS = dict(
     patience=5,
     ranker_epochs=1,
     ranker_candidates=4,
+    ranker_positions_per_user=2,  # a step's cuts outnumber its users
     num_retrieved=8,
     verbose=False,
 )

@@ -163,3 +163,40 @@ def test_prefix_cache_needs_no_candidates():
     cache = serving.encode_prefix(model, *no_candidates)
     logits = serving.score_candidates(model, cache, batch, embeddings)
     np.testing.assert_allclose(logits, expected.logits, atol=TOLERANCE)
+
+
+@given(
+    positions=st.sampled_from(["sequential", "shared"]),
+    rows=st.lists(st.integers(0, 2), min_size=4, max_size=4),  # one shape: one compilation
+    data=st.data(),
+)
+def test_a_cut_prefix_scores_as_the_shorter_prefix_encoded_alone(positions, rows, data):
+    model, batch, embeddings, _ = model_and_inputs(positions, "causal")
+    num_prefix = batch.history_post_hashes.shape[1] + 1
+    lengths = data.draw(
+        st.lists(st.integers(1, num_prefix), min_size=len(rows), max_size=len(rows))
+    )
+    rows, lengths = jnp.array(rows), jnp.array(lengths)
+    cut_batch, cut_embeddings = jax.tree.map(lambda x: x[rows], (batch, embeddings))
+    cache = model.encode_prefix(batch, embeddings)
+    got = model.score_candidates_at_cuts(cache, rows, lengths, cut_batch, cut_embeddings)
+    # The shorter prefixes on their own: history from item `length - 1` on is padding.
+    keep = jnp.arange(num_prefix - 1) < (lengths - 1)[:, None]
+    shorter = dataclasses.replace(
+        cut_batch,
+        history_post_hashes=jnp.where(keep[..., None], cut_batch.history_post_hashes, 0),
+    )
+    alone = model.score_candidates(
+        model.encode_prefix(shorter, cut_embeddings), shorter, cut_embeddings
+    )
+    valid = np.asarray(cut_batch.candidate_valid)
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(alone)[valid], atol=TOLERANCE)
+
+
+def test_cutting_a_bidirectional_prefix_is_refused():
+    model, batch, embeddings, _ = model_and_inputs("shared", "bidirectional")
+    cache = model.encode_prefix(batch, embeddings)
+    rows = jnp.array([0])
+    one, one_embeddings = jax.tree.map(lambda x: x[rows], (batch, embeddings))
+    with pytest.raises(ValueError, match="history_attention"):
+        model.score_candidates_at_cuts(cache, rows, jnp.array([2]), one, one_embeddings)

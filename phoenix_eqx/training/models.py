@@ -52,6 +52,22 @@ class TrainableRanker(eqx.Module):
     def __call__(self, batch: RecsysBatch) -> Float[Array, "batch candidates actions"]:
         return self.model(batch, self.tables(batch))
 
+    def score_at_cuts(
+        self,
+        batch: RecsysBatch,
+        rows: Int[Array, " cuts"],
+        lengths: Int[Array, " cuts"],
+        candidates: RecsysBatch,
+    ) -> Float[Array, "cuts candidates actions"]:
+        """Encode `batch`'s prefixes once, then score `candidates`' row `i` against prefix
+        `rows[i]` cut to its first `lengths[i]` tokens (`PhoenixModel.score_candidates_at_cuts`;
+        `candidates`' user and history fields need only the right shapes: under jit their
+        lookups, unused, cost nothing)."""
+        cache = self.model.encode_prefix(batch, self.tables(batch))
+        return self.model.score_candidates_at_cuts(
+            cache, rows, lengths, candidates, self.tables(candidates)
+        )
+
 
 class TrainableRetriever(eqx.Module):
     """`PhoenixRetrievalModel` with its hash embedding tables and the learned softmax
