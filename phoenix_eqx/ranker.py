@@ -151,6 +151,22 @@ class PhoenixModel(eqx.Module):
                 f"batch: expected {rows.shape[0]} rows (one per cut), got "
                 f"{batch.user_hashes.shape[0]}"
             )
+        if batch.history_post_hashes.shape[1] + 1 != cache.num_prefix:
+            raise ValueError(
+                f"cache: expected a prefix of {batch.history_post_hashes.shape[1] + 1} tokens "
+                f"(the batch's user and history), got {cache.num_prefix}"
+            )
+        num_prefixes = cache.keys.shape[1]
+        rows = eqx.error_if(
+            rows,
+            (rows < 0) | (rows >= num_prefixes),
+            f"rows: expected indices of the cache's {num_prefixes} prefixes",
+        )
+        lengths = eqx.error_if(
+            lengths,
+            (lengths < 1) | (lengths > cache.num_prefix),
+            f"lengths: expected 1..{cache.num_prefix} tokens (the user token at least)",
+        )
         whole_valid = cache.prefix_valid[rows]
         kept = whole_valid & (jnp.arange(cache.num_prefix) < lengths[:, None])
         cut = PrefixCache(keys=cache.keys[:, rows], values=cache.values[:, rows], prefix_valid=kept)

@@ -200,3 +200,20 @@ def test_cutting_a_bidirectional_prefix_is_refused():
     one, one_embeddings = jax.tree.map(lambda x: x[rows], (batch, embeddings))
     with pytest.raises(ValueError, match="history_attention"):
         model.score_candidates_at_cuts(cache, rows, jnp.array([2]), one, one_embeddings)
+
+
+def test_cut_indices_and_lengths_are_checked():
+    model, batch, embeddings, _ = model_and_inputs("shared", "causal")
+    cache = model.encode_prefix(batch, embeddings)
+    num_prefix = batch.history_post_hashes.shape[1] + 1
+    one, one_embeddings = jax.tree.map(lambda x: x[:1], (batch, embeddings))
+    for rows, lengths, name in (
+        ([3], [2], "rows"),  # the cache holds 3 prefixes
+        ([-1], [2], "rows"),
+        ([0], [0], "lengths"),
+        ([0], [num_prefix + 1], "lengths"),
+    ):
+        with pytest.raises(Exception, match=name):
+            model.score_candidates_at_cuts(
+                cache, jnp.array(rows), jnp.array(lengths), one, one_embeddings
+            )
