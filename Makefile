@@ -31,15 +31,15 @@ test-full: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -n 2
 
 bench-attention: $(STAMP)
-	$(BIN)/python -m phoenix_eqx.kernels.bench attention
+	$(BIN)/python -m benchmarks.attention
 
 bench-topk: $(STAMP)
-	$(BIN)/python -m phoenix_eqx.kernels.bench topk
+	$(BIN)/python -m benchmarks.topk
 
 # The GPU session's whole code path on the CPU (kernels interpreted, tiny shapes); on the GPU
 # machine run `bash tools/gpu_session.sh` instead.
 gpu-session-dry-run: $(STAMP)
-	$(BIN)/python -m phoenix_eqx.gpu_session --dry-run
+	$(BIN)/python -m benchmarks.gpu_session --dry-run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
@@ -49,4 +49,6 @@ clean:
 train: $(STAMP)
 	mkdir -p bench_results
 	$(BIN)/python -m phoenix_eqx.train --dataset movielens-100k --budget 600 \
-		--metrics-json bench_results/train_metrics.json --plot bench_results/validation_hr.png
+		--metrics-json bench_results/train_metrics.json
+	$(BIN)/python -m benchmarks.report bench_results/train_metrics.json \
+		--plot bench_results/validation_hr.png

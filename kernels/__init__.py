@@ -4,13 +4,13 @@ Each op has a pure-JAX reference (the test oracle and the `"xla"` path), a Mosai
 Hopper (`"pallas"`), and a dispatch (`"auto"`) that picks the kernel where it runs.
 """
 
-from ._dispatch import Implementation
 from .candidate_attention import (
     cached_candidate_attention,
     candidate_attention,
     candidate_isolation_mask,
 )
 from .corpus_top_k import TopK, corpus_top_k, sharded_corpus_top_k
+from .dispatch import Implementation
 
 __all__ = [
     "Implementation",

@@ -1,6 +1,25 @@
-"""phoenix_eqx: X's Phoenix recommender as typed Equinox modules, with Pallas kernels."""
+"""phoenix_eqx: X's Phoenix recommender as typed Equinox modules, with Pallas kernels.
 
-from . import compat, data, distributed, inference, kernels, presets, serving, training
+The top level holds what a user reaches for: `Recommender` and its options, the two models
+(`PhoenixModel`, the ranker; `PhoenixRetrievalModel`, two-tower retrieval), their configs,
+their inputs and outputs, the hash tables that feed them, and the interaction-log readers.
+Building blocks live in submodules: `nn` (layers), `kernels` (the Pallas ops), `training`,
+`inference`, `serving`, `distributed`, `data`, `compat` (the original's checkpoints) and
+`presets` (X's production shapes).
+"""
+
+from . import (
+    compat,
+    data,
+    distributed,
+    inference,
+    kernels,
+    nn,
+    presets,
+    recommender,
+    serving,
+    training,
+)
 from .config import (
     ACTIONS,
     HashConfig,
@@ -11,70 +30,59 @@ from .config import (
     demo_retrieval_config,
     demo_transformer_config,
 )
-from .embedding import HashEmbeddingTables, InputEmbedding
+from .data.readers import read_interactions_csv, read_interactions_parquet
+from .embedding import HashEmbeddingTables
 from .example_data import create_example_batch, create_example_corpus
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
 from .ranker import PhoenixModel
 from .recommender import (
     FitOptions,
+    ModelOptions,
+    OptimizationOptions,
+    RankerStageOptions,
     Recommender,
-    read_interactions_csv,
-    read_interactions_parquet,
+    RetrievalStageOptions,
+    ServingOptions,
 )
-from .retrieval import CandidateTower, PhoenixRetrievalModel
-from .sharded_tables import ShardedHashEmbeddingTables, shard_tables, sharded_lookup_rows
-from .transformer import (
-    Attention,
-    DecoderLayer,
-    GatedGeluFFN,
-    Linear,
-    RMSNorm,
-    Transformer,
-    apply_rotary,
-)
+from .retrieval import PhoenixRetrievalModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIONS",
-    "Attention",
-    "CandidateTower",
-    "DecoderLayer",
     "FitOptions",
-    "GatedGeluFFN",
     "HashConfig",
     "HashEmbeddingTables",
-    "InputEmbedding",
-    "Linear",
+    "ModelOptions",
+    "OptimizationOptions",
     "PhoenixModel",
     "PhoenixModelConfig",
     "PhoenixRetrievalModel",
     "PhoenixRetrievalModelConfig",
-    "RMSNorm",
+    "RankerStageOptions",
     "RankingOutput",
     "Recommender",
     "RecsysBatch",
     "RecsysEmbeddings",
     "RetrievalOutput",
-    "ShardedHashEmbeddingTables",
-    "Transformer",
+    "RetrievalStageOptions",
+    "ServingOptions",
     "TransformerConfig",
-    "apply_rotary",
     "compat",
-    "data",
-    "distributed",
-    "inference",
     "create_example_batch",
     "create_example_corpus",
+    "data",
     "demo_ranker_config",
     "demo_retrieval_config",
     "demo_transformer_config",
+    "distributed",
+    "inference",
     "kernels",
+    "nn",
     "presets",
     "read_interactions_csv",
     "read_interactions_parquet",
+    "recommender",
     "serving",
-    "shard_tables",
-    "sharded_lookup_rows",
     "training",
 ]

@@ -9,6 +9,7 @@ ranked candidates with per-action probability bars and retrieved posts with scor
 """
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from .example_data import create_example_batch
 from .inference import encode_items, rank, retrieve, set_corpus
 from .ranker import PhoenixModel
 from .recommender import FitOptions, Recommender
+from .recommender.options import MAX_SEED
 from .retrieval import PhoenixRetrievalModel
 from .training import full_ranking_metrics, popularity_scores
 
@@ -99,24 +101,28 @@ def run_movielens_demo(
     fit_seconds = time.perf_counter() - start
     popularity = popularity_hit_rate(data.users, data.items, data.timestamps, num_items)
     shown = np.unique(data.users)[:num_users]
+    ranker_trained = "ranker" in recommender.validation
+    if not ranker_trained:
+        console.print("the budget left no time for the ranker: retrieval's picks alone")
     for user in shown.tolist():
         history = recommender.histories[user]
-        retrieved, retrieved_scores = recommender.recommend([user], k=10, use_ranker=False)
-        ranked, ranked_scores = recommender.recommend([user], k=10, use_ranker=True)
         latest = ", ".join(describe(int(item)) for item in history[-5:][::-1])
         console.print(escape(f"user {user}: latest movies (newest first): {latest}"))
         table = Table(title=f"user {user}: top 10", title_justify="left")
         table.add_column("rank", justify="right")
+        columns = []
+        retrieved = recommender.recommend([user], k=10, use_ranker=False)
         table.add_column("after retrieval (score: cosine)")
-        table.add_column("after ranking (score: weighted actions)")
+        columns.append((retrieved, "{:+.3f}"))
+        if ranker_trained:
+            table.add_column("after ranking (score: weighted actions)")
+            columns.append((recommender.recommend([user], k=10, use_ranker=True), "{:.3f}"))
         for position in range(10):
-            table.add_row(
-                str(position + 1),
-                escape(
-                    f"{describe(int(retrieved[0, position]))}  {retrieved_scores[0, position]:+.3f}"
-                ),
-                escape(f"{describe(int(ranked[0, position]))}  {ranked_scores[0, position]:.3f}"),
-            )
+            cells = [
+                f"{describe(int(items[0, position]))}  {score_format.format(scores[0, position])}"
+                for (items, scores), score_format in columns
+            ]
+            table.add_row(str(position + 1), *(escape(cell) for cell in cells))
         console.print(table)
     summary = Table(title="held-out last item per user, seen items excluded", title_justify="left")
     summary.add_column("model")
@@ -211,6 +217,27 @@ def run_demo(*, seed: int, batch_size: int, corpus_size: int, top_k: int, consol
         console.print(table)
 
 
+def _check_demo_flags(demo: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Every demo flag's range, checked before anything runs: a bad one would otherwise fail
+    halfway through, after minutes of fitting or half the tour printed, with a traceback.
+    Each error names its flag (argparse's exit status 2)."""
+    for flag, value in (
+        ("--users", args.users),
+        ("--batch-size", args.batch_size),
+        ("--corpus-size", args.corpus_size),
+    ):
+        if value < 1:
+            demo.error(f"{flag}: expected an int >= 1, got {value}")
+    if not 1 <= args.top_k <= args.corpus_size:
+        demo.error(
+            f"--top-k: expected an int in 1..{args.corpus_size} (--corpus-size), got {args.top_k}"
+        )
+    if not 0 <= args.seed <= MAX_SEED:
+        demo.error(f"--seed: expected an int in 0..{MAX_SEED}, got {args.seed}")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        demo.error(f"--budget: expected a positive finite number of seconds, got {args.budget}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="phoenix-eqx", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -239,17 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         train_main(rest)
         return
     args = parser.parse_args(argv)
-    if args.command == "demo" and not args.seed_tour:
-        run_movielens_demo(
-            seed=args.seed, budget_s=args.budget, num_users=args.users, console=Console()
-        )
-    elif args.command == "demo":
+    _check_demo_flags(demo, args)
+    if args.seed_tour:
         run_demo(
             seed=args.seed,
             batch_size=args.batch_size,
             corpus_size=args.corpus_size,
             top_k=args.top_k,
             console=Console(),
+        )
+    else:
+        run_movielens_demo(
+            seed=args.seed, budget_s=args.budget, num_users=args.users, console=Console()
         )
 
 

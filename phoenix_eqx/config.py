@@ -72,8 +72,8 @@ def _normalise_numbers(config, ints: tuple[str, ...], reals: tuple[str, ...]) ->
 class TransformerConfig:
     """The Grok-1 style transformer shared by the ranker and the retrieval user tower.
 
-    The first seven fields are the seed's. The rest select X's production variants (SPEC 7);
-    their defaults reproduce the seed.
+    The first seven fields are the seed's. The rest select X's production variants
+    (docs/seed-compatibility.md); their defaults reproduce the seed.
     """
 
     emb_size: int
@@ -257,7 +257,7 @@ def transformer_config(
 
 
 def demo_transformer_config(**overrides) -> TransformerConfig:
-    """The seed demo's transformer (SPEC 6): emb 128, key 64, 2/2 heads, 2 layers."""
+    """The seed demo's transformer: emb 128, key 64, 2/2 heads, 2 layers."""
     sizes = dict(emb_size=128, key_size=64, num_q_heads=2, num_kv_heads=2, num_layers=2)
     return transformer_config(**{**sizes, **overrides})
 

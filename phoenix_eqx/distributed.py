@@ -28,7 +28,7 @@ from jaxtyping import Array, Float, PyTree
 
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
 from .kernels import sharded_corpus_top_k
-from .kernels._dispatch import Implementation, static_int
+from .kernels.dispatch import Implementation, static_int
 from .ranker import PhoenixModel
 from .retrieval import Corpus, PhoenixRetrievalModel
 from .serving import rank_chunked

@@ -1,4 +1,4 @@
-"""Random example inputs with the seed's statistics (SPEC 6), for demos, tests and benchmarks."""
+"""Random example inputs with the seed's statistics, for demos, tests and benchmarks."""
 
 import jax
 import jax.numpy as jnp

@@ -11,7 +11,7 @@ import equinox as eqx
 from jaxtyping import Array, Bool, Float
 
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, RetrievalOutput
-from .kernels._dispatch import Implementation, check_implementation, static_int
+from .kernels.dispatch import Implementation, check_implementation, static_int
 from .ranker import PhoenixModel
 from .retrieval import Corpus, PhoenixRetrievalModel, set_corpus
 from .serving import rank_chunked

@@ -1,4 +1,5 @@
-"""X's production Phoenix configuration (SPEC 7) as presets, at full and at test scale.
+"""X's production Phoenix configuration as presets, at full and at test scale
+(docs/seed-compatibility.md).
 
 The production options, each of which the seed-compatible defaults leave off:
 
@@ -11,7 +12,7 @@ The production options, each of which the seed-compatible defaults leave off:
   rotary bounds the logits, so the cap is off.
 - Grouped-query heads (ranker 20 q / 4 kv, retrieval 16 / 4) with key size 128.
 
-Sizes the SPEC leaves open are choices of this module: the widening factor (2, as in the
+Sizes the original leaves open are choices of this module: the widening factor (2, as in the
 seed's demo), the logit scale (`1/sqrt(key_size)`, which is the demo's 0.125 at key 64), and
 the retrieval tower's depth (8 layers, as the ranker).
 """

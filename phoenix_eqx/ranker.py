@@ -10,7 +10,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from .config import PhoenixModelConfig
 from .embedding import InputEmbedding
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, check_inputs
-from .kernels._dispatch import static_int
+from .kernels.dispatch import static_int
 from .transformer import (
     PrefixCache,
     RMSNorm,

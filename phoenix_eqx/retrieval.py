@@ -12,7 +12,7 @@ from .config import PhoenixRetrievalModelConfig
 from .embedding import InputEmbedding
 from .inputs import RecsysBatch, RecsysEmbeddings, RetrievalOutput, check_inputs
 from .kernels import corpus_top_k
-from .kernels._dispatch import Implementation
+from .kernels.dispatch import Implementation
 from .transformer import Transformer, prefix_positions, truncated_normal_init
 
 NORM_EPS = 1e-12

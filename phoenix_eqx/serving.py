@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, check_inputs
-from .kernels._dispatch import static_int
+from .kernels.dispatch import static_int
 from .ranker import PhoenixModel, ranking_output
 from .transformer import PrefixCache
 

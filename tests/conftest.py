@@ -4,7 +4,7 @@ import os
 
 import pytest
 from hypothesis import HealthCheck, settings
-from phoenix_eqx.kernels._dispatch import is_hopper_gpu
+from phoenix_eqx.kernels.dispatch import is_hopper_gpu
 
 # JAX compiles on first call, so per-example deadlines are meaningless.
 settings.register_profile(

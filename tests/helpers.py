@@ -15,7 +15,21 @@ import numpy as np
 
 import phoenix_eqx as px
 
-GOLDEN_PATH = Path(__file__).parent / "data" / "seed_golden_demo.npz"
+GOLDEN_PATH = Path(__file__).parent / "golden" / "seed_golden_demo.npz"
+
+
+# The smallest Recommender that trains: one layer over 8 history items, an epoch per stage.
+TINY_FIT_OPTIONS = px.FitOptions(
+    emb_size=8,
+    key_size=4,
+    num_heads=1,
+    num_layers=1,
+    history_seq_len=8,
+    epochs=1,
+    ranker_epochs=1,
+    batch_size=32,
+    verbose=False,
+)
 
 
 def tiny_transformer(**overrides) -> px.TransformerConfig:

@@ -4,7 +4,7 @@
 # On the device machine, from the repository root, with .whl carried:
 #   bash tools/gpu_session.sh            # full: 4 attention configs, 13 top-k rows, e2e
 #   bash tools/gpu_session.sh --quick    # a few minutes less: 2 configs, 3 rows, 5 calls
-# Any other option goes to `python -m phoenix_eqx.gpu_session` (--budget-s, --iters).
+# Any other option goes to `python -m benchmarks.gpu_session` (--budget-s, --iters).
 # It installs the carried wheels and the project (tools/device_setup.sh), then checks and times
 # everything in one process: one JSON and a log under $OUT (bench_results/ where OUT is unset),
 # the tables at the end of stdout. Exit status 1 when a correctness check of ours failed.
@@ -12,7 +12,7 @@
 # Here, once, before the device call (the device machine reaches no registry):
 #   bash tools/gpu_session.sh --fetch-wheels   # downloads tokamax 0.0.17, its needs, beartype
 # On the CPU, without set-up (what CI runs, in tests/test_gpu_session.py):
-#   python -m phoenix_eqx.gpu_session --dry-run
+#   python -m benchmarks.gpu_session --dry-run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,5 +43,5 @@ out="${OUT:-bench_results}"
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem \
   --format=csv 2>&1 | tee "$out/gpu_session_device.txt"
-python3 -m phoenix_eqx.gpu_session --json "$out/gpu_session.json" "$@" 2>&1 \
+python3 -m benchmarks.gpu_session --json "$out/gpu_session.json" "$@" 2>&1 \
   | tee "$out/gpu_session.log"

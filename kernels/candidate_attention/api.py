@@ -10,7 +10,7 @@ from typing import SupportsIndex
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._dispatch import Implementation, static_int, use_pallas
+from ..dispatch import Implementation, static_int, use_pallas
 from .reference import (
     CapMethod,
     HistoryMode,

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
-from .._dispatch import Implementation, static_int, use_pallas
+from ..dispatch import Implementation, static_int, use_pallas
 from .reference import TopK, corpus_top_k_reference
 
 QUERY_DTYPES = (jnp.float32, jnp.bfloat16)

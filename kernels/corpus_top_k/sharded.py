@@ -14,7 +14,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, Bool, Float
 
-from .._dispatch import Implementation
+from ..dispatch import Implementation
 from .api import check_top_k_inputs, corpus_top_k
 from .merge import Selection, as_top_k, best_of
 from .reference import MASKED_KEY, TopK, score_sort_key

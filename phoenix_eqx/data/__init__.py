@@ -1,5 +1,5 @@
-"""Data for training: MovieLens-100K and -1M, synthetic interactions with planted structure,
-batching."""
+"""Data for training: interaction logs from CSV and Parquet files, MovieLens-100K and -1M,
+synthetic interactions with planted structure, batching."""
 
 from .batches import (
     RankingStream,
@@ -27,12 +27,14 @@ from .movielens import (
     recbole_wheel_path,
     side_features,
 )
+from .readers import Interactions, read_interactions_csv, read_interactions_parquet
 from .synthetic import synthetic_interactions
 
 __all__ = [
     "GENRES",
     "RATING_ACTIONS",
     "InteractionData",
+    "Interactions",
     "MovieCatalog",
     "RankingExample",
     "RankingStream",
@@ -48,6 +50,8 @@ __all__ = [
     "make_batch",
     "movie_catalog",
     "rating_actions",
+    "read_interactions_csv",
+    "read_interactions_parquet",
     "recbole_wheel_path",
     "sample_unseen",
     "side_features",

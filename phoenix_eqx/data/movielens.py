@@ -123,14 +123,25 @@ def recbole_wheel_path(
 def _reader(source: Path, dataset: Dataset) -> tuple[Callable[[str], str | None], str]:
     """A function reading a named data file from a directory or zip (None if absent).
 
-    MovieLens-100K files are Latin-1, MovieLens-1M's UTF-8 (both decode ASCII alike).
+    MovieLens-100K files are Latin-1, MovieLens-1M's UTF-8 (both decode ASCII alike; a
+    byte-order mark is dropped, or it would hide the first column's name).
     """
-    encoding = "utf-8" if dataset == "ml-1m" else "latin-1"
+    encoding = "utf-8-sig" if dataset == "ml-1m" else "latin-1"
+
+    def decode(data: bytes, name: str) -> str:
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"source: expected {encoding} text in {name} of {source}, got byte "
+                f"0x{error.object[error.start]:02x} ({error.reason})"
+            ) from None
+
     if source.is_dir():
 
         def read_dir(name: str) -> str | None:
             matches = [p for p in (source / name, source / dataset / name) if p.is_file()]
-            return matches[0].read_bytes().decode(encoding) if matches else None
+            return decode(matches[0].read_bytes(), name) if matches else None
 
         return read_dir, str(source)
     if zipfile.is_zipfile(source):
@@ -139,33 +150,52 @@ def _reader(source: Path, dataset: Dataset) -> tuple[Callable[[str], str | None]
 
         def read_zip(name: str) -> str | None:
             member = members.get(name)
-            return archive.read(member).decode(encoding) if member else None
+            return decode(archive.read(member), name) if member else None
 
         return read_zip, str(source)
-    raise ValueError(f"source: expected a directory or a zip file, got {source}")
+    found = "a file that is not a zip" if source.exists() else "not found"
+    raise ValueError(f"source: expected a directory or a zip file, got {source} ({found})")
 
 
 def _table(
     text: str, separator: str, name: str, min_columns: int, first_line: int = 1
 ) -> list[list[str]]:
-    rows = [line.split(separator) for line in text.splitlines() if line.strip()]
-    for number, row in enumerate(rows, first_line):
+    """The rows of `text` split at `separator`, blank lines skipped; a row with fewer than
+    `min_columns` fields is an error naming its line (`text` starts on line `first_line`)."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), first_line):
+        if not line.strip():
+            continue
+        row = line.split(separator)
         if len(row) < min_columns:
             raise ValueError(
                 f"{name}: expected at least {min_columns} columns on line {number}, got {len(row)}"
             )
+        rows.append(row)
     return rows
 
 
 def _atomic_table(text: str | None, name: str, fields: Sequence[str]) -> list[list[str]]:
     """Rows of a RecBole atomic file (tab-separated, `name:type` header), holding only
-    `fields`, in that order."""
+    `fields`, in that order: columns are found by name, since RecBole lets files order them
+    freely (taken by position, a file listing items first would swap users and items)."""
     lines = (text or "").splitlines()
     if not lines:
         return []
-    header = [column.split(":")[0] for column in lines[0].split("\t")]
-    if not set(fields) <= set(header):
-        raise ValueError(f"{name}: expected columns {list(fields)} in the header, got {header}")
+    header = [column.split(":")[0].strip() for column in lines[0].split("\t")]
+    missing = [field for field in fields if field not in header]
+    if missing:
+        listed = ", ".join(repr(field) for field in missing)
+        raise ValueError(
+            f"{name}: expected column{'s' * (len(missing) > 1)} {listed} in the header "
+            f"(line 1), got columns {header}"
+        )
+    repeated = [field for field in fields if header.count(field) > 1]
+    if repeated:
+        raise ValueError(
+            f"{name}: expected one column {repeated[0]!r} in the header (line 1), got "
+            f"{header.count(repeated[0])}"
+        )
     indices = [header.index(field) for field in fields]
     rows = _table("\n".join(lines[1:]), "\t", name, len(header), first_line=2)
     return [[row[i] for i in indices] for row in rows]
@@ -210,23 +240,25 @@ def _parse_100k(read: Callable[[str], str | None], where: str) -> _Parsed:
     """GroupLens files (`u.data` tab, `u.item`/`u.user` pipe) or RecBole's `ml-100k.*`."""
     movies, users = {}, {}
     if read("u.data") is not None:
-        ratings = _table(read("u.data") or "", "\t", "u.data", 4)
-        for row in _table(read("u.item") or "", "|", "u.item", 5 + len(GENRES)):
+        ratings = _table(read("u.data") or "", "\t", f"u.data in {where}", 4)
+        for row in _table(read("u.item") or "", "|", f"u.item in {where}", 5 + len(GENRES)):
             flags = [int(flag) for flag in row[-len(GENRES) :]]
             genres = [genre for genre, flag in zip(GENRES, flags, strict=True) if flag]
             title = re.sub(r"\s*\(\d{4}\)\s*$", "", row[1])
             movies[int(row[0])] = _Movie(title, _year(row[2]), genres)
-        for row in _table(read("u.user") or "", "|", "u.user", 5):
+        for row in _table(read("u.user") or "", "|", f"u.user in {where}", 5):
             users[int(row[0])] = (row[1], row[2], row[3])
     elif read("ml-100k.inter") is not None:
-        ratings = _table(read("ml-100k.inter") or "", "\t", "ml-100k.inter", 4)[1:]
+        fields = ("user_id", "item_id", "rating", "timestamp")
+        ratings = _atomic_table(read("ml-100k.inter"), f"ml-100k.inter in {where}", fields)
         fields = ("item_id", "movie_title", "release_year", "class")
         for item, title, year, genres in _atomic_table(
-            read("ml-100k.item"), "ml-100k.item", fields
+            read("ml-100k.item"), f"ml-100k.item in {where}", fields
         ):
             movies[int(item)] = _Movie(title, _year(year), _genres(genres.split()))
         fields = ("user_id", "age", "gender", "occupation")
-        for user, *demographics in _atomic_table(read("ml-100k.user"), "ml-100k.user", fields):
+        user_rows = _atomic_table(read("ml-100k.user"), f"ml-100k.user in {where}", fields)
+        for user, *demographics in user_rows:
             users[int(user)] = tuple(demographics)
     else:
         raise ValueError(f"source: expected u.data or ml-100k.inter in {where}, found neither")
@@ -254,13 +286,13 @@ def _parse_1m(read: Callable[[str], str | None], where: str) -> _Parsed:
     if read("ml-1m.inter") is None:
         raise ValueError(f"source: expected ml-1m.inter in {where}, not found")
     fields = ("user_id", "item_id", "rating", "timestamp")
-    ratings = _atomic_table(read("ml-1m.inter"), "ml-1m.inter", fields)
+    ratings = _atomic_table(read("ml-1m.inter"), f"ml-1m.inter in {where}", fields)
     if not ratings:
         raise ValueError(f"source: expected at least one rating in {where}, got none")
     fields = ("item_id", "movie_title", "release_year", "genre")
-    item_rows = _atomic_table(read("ml-1m.item"), "ml-1m.item", fields)
+    item_rows = _atomic_table(read("ml-1m.item"), f"ml-1m.item in {where}", fields)
     fields = ("user_id", "age", "gender", "occupation")
-    user_rows = _atomic_table(read("ml-1m.user"), "ml-1m.user", fields)
+    user_rows = _atomic_table(read("ml-1m.user"), f"ml-1m.user in {where}", fields)
     rated_users, rated_items, rating_values, timestamps = zip(*ratings, strict=True)
     user_ids = _number_keys([row[0] for row in user_rows], rated_users)
     item_ids = _number_keys([row[0] for row in item_rows], rated_items)

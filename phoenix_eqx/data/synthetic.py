@@ -74,3 +74,50 @@ def synthetic_interactions(
         num_author_rows=num_factors + 1,
         num_surfaces=num_factors,
     )
+
+
+def planted_walks(
+    num_users: int,
+    num_items: int,
+    num_interactions: int,
+    *,
+    follow: float = 0.8,
+    skew: float = 2.0,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A raw log `(user ids, item ids, timestamps)` of users walking a planted item order.
+
+    For benchmarks at any size (vectorised: about a second per 10M rows, no per-row Python):
+    the items, ids `1..num_items`, sit on one hidden cycle in random order. Each user's next
+    item is, with probability `follow`, the successor of the current one on the cycle, else a
+    jump to a position drawn as `num_items * uniform ** skew` (`skew > 1`: a popularity skew
+    towards the cycle's start). So the next item is predictable from the last one (a
+    sequential model or item-to-item co-occurrence find it; popularity mostly does not).
+    Users `0..num_users - 1` get `num_interactions // num_users` rows each (the first
+    `num_interactions % num_users` users one more), in time order with timestamps `0, 1, ...`.
+    """
+    for name, value, low in (
+        ("num_users", num_users, 1),
+        ("num_items", num_items, 2),
+        ("num_interactions", num_interactions, 2 * num_users),
+    ):
+        if value < low:
+            raise ValueError(f"{name}: expected >= {low}, got {value}")
+    if not 0.0 <= follow <= 1.0 or skew <= 0.0:
+        raise ValueError(f"follow, skew: expected in [0, 1] and > 0, got {follow}, {skew}")
+    rng = np.random.default_rng(seed)
+    lengths = np.full(num_users, num_interactions // num_users)
+    lengths[: num_interactions % num_users] += 1
+    users = np.repeat(np.arange(num_users, dtype=np.int64), lengths)
+    first = np.zeros(num_interactions, bool)
+    first[np.cumsum(lengths)[:-1]] = True
+    first[0] = True
+    # A walk restarts at each user's first row and at each jump; between restarts it steps on.
+    restart = first | (rng.random(num_interactions) >= follow)
+    rows = np.arange(num_interactions)
+    last_restart = np.maximum.accumulate(np.where(restart, rows, 0))
+    start_position = (num_items * rng.random(num_interactions) ** skew).astype(np.int64)
+    positions = (start_position[last_restart] + rows - last_restart) % num_items
+    cycle = rng.permutation(num_items).astype(np.int64) + 1
+    timestamps = rows - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return users, cycle[positions], timestamps

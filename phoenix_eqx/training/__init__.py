@@ -13,6 +13,7 @@ from .baselines import (
 )
 from .checkpoint import Checkpoint, CheckpointManager, export_model, load_exported_model
 from .evaluation import evaluate_ranking, evaluate_retrieval, retrieval_scores
+from .loop import NonFiniteLossError
 from .losses import full_softmax_loss, ranking_loss, retrieval_loss
 from .metrics import (
     FULL_RANKING_KS,
@@ -43,6 +44,7 @@ __all__ = [
     "RETRIEVAL_KS",
     "Checkpoint",
     "CheckpointManager",
+    "NonFiniteLossError",
     "RankingExample",
     "RetrievalExample",
     "RowwiseAdagradState",

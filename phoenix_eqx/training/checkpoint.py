@@ -3,16 +3,25 @@
 A `CheckpointManager` directory holds one subdirectory per saved step, each with two Orbax
 items: `state`, the array leaves of the model and of the optimiser state (tensorstore arrays:
 every process writes only the shards it owns, and a restore may place them on other devices or
-another mesh), and `metadata`, JSON with the data position, the model's config field by field
-and every array's path, shape and dtype. Static parts (config, activation functions) are never
-stored: the caller's template (a model built from its config, or `eqx.filter_eval_shape` of
-one) supplies them, and the restored arrays are combined into it.
+another mesh), and `metadata`, JSON with the data position, the model's config field by field,
+every array's path, shape, dtype and SHA-256, and the SHA-256 of the metadata itself. Static
+parts (config, activation functions) are never stored: the caller's template (a model built
+from its config, or `eqx.filter_eval_shape` of one) supplies them, and the restored arrays are
+combined into it.
 
 Orbax writes each step into a temporary directory and renames it once every process has
 finished, so a crash mid-save leaves only a temporary directory, which `latest_step` ignores
 (and a later manager deletes before its first save): an interrupted save never shadows a
-complete one. Orbax keeps no checksum of the array data: a truncated or missing file is
-reported as damage, a flipped bit inside an array is not.
+complete one. Orbax keeps no checksum of the array data, so this module does: a restore
+compares every array it can see whole with the SHA-256 taken at save, and a truncated or
+missing file, or a changed byte, is reported as damage naming the step (and the array).
+
+The limit is an array split over several processes (neither on one process's devices alone
+nor replicated): no process holds all of it, and the metadata is written by process 0 alone,
+so such an array is saved without a checksum (its entry is null). Likewise a restore that
+places an array split over several processes cannot check it. Restoring such a checkpoint on
+one process (onto one device, or any mesh of its own devices) checks every array that had a
+checksum.
 
 `export_model` writes a model's arrays alone (no optimiser state) for serving, and
 `load_exported_model` reads them back, onto one device by default.
@@ -20,6 +29,7 @@ reported as damage, a flipped bit inside an array is not.
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -34,7 +44,9 @@ from jax.sharding import Sharding, SingleDeviceSharding
 from jaxtyping import PyTree
 
 # Stored in the metadata item: a later layout change can then be told apart from damage.
-FORMAT = "phoenix_eqx checkpoint 3 (orbax)"
+FORMAT = "phoenix_eqx checkpoint 4 (orbax)"  # 4: SHA-256 of the arrays and of the metadata
+# Checkpoints saved before the checksums; restored as they are, with nothing to verify.
+UNCHECKED_FORMAT = "phoenix_eqx checkpoint 3 (orbax)"
 
 ShardingChoice = Sharding | Callable[[jax.ShapeDtypeStruct], Sharding] | None
 
@@ -112,11 +124,56 @@ def _check_layout(saved: list[list[str]], template: PyTree, where: str) -> None:
     )
 
 
-def _check_metadata(metadata: Any, model_template: PyTree, arrays: PyTree, where: str) -> None:
-    """Check the saved metadata against the model template's config and the layout of
-    `arrays` (the templates of everything saved), before any array is read."""
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+def _checksum(leaf: Any) -> str | None:
+    """SHA-256 of an array's bytes in C order; None for a `jax.Array` split over several
+    processes, of which this process holds only a part."""
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+        if not leaf.is_fully_replicated:
+            return None
+        leaf = leaf.addressable_data(0)
+    data = np.ascontiguousarray(np.asarray(leaf)).reshape(-1).view(np.uint8)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _checksums(tree: PyTree) -> list[str | None]:
+    """`_checksum` of every array leaf, in the order of `_layout`."""
+    return [_checksum(leaf) for leaf in jax.tree.leaves(tree) if _is_array(leaf)]
+
+
+def _json_checksum(value: Any) -> str:
+    """SHA-256 of a JSON value's canonical text (equal values, equal checksums)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _metadata(tree: PyTree, config_of: PyTree, **fields: Any) -> dict[str, Any]:
+    """The metadata item of a save of `tree`'s arrays (`config_of`: the model), checksummed."""
+    metadata = {
+        "format": FORMAT,
+        "config": _model_config(config_of),
+        "layout": _layout(tree),
+        "checksums": _checksums(tree),
+        **fields,
+    }
+    return {**metadata, "sha256": _json_checksum(metadata)}
+
+
+def _check_metadata(
+    metadata: Any, model_template: PyTree, arrays: PyTree, where: str
+) -> list[str | None] | None:
+    """Check the saved metadata against its own checksum, the model template's config and the
+    layout of `arrays` (the templates of everything saved), before any array is read; return
+    the arrays' checksums (None for an `UNCHECKED_FORMAT` checkpoint, which has none)."""
+    if not isinstance(metadata, dict) or metadata.get("format") not in (FORMAT, UNCHECKED_FORMAT):
         raise ValueError(f"{where}: expected format {FORMAT!r} metadata, got {metadata!r}")
+    # Checked whenever present: a changed format must not pass as an unchecked checkpoint.
+    if metadata["format"] == FORMAT or "sha256" in metadata:
+        content = {key: value for key, value in metadata.items() if key != "sha256"}
+        if metadata.get("sha256") != _json_checksum(content):
+            raise ValueError(
+                f"{where} is damaged: the metadata's checksum mismatches: expected SHA-256 "
+                f"{metadata.get('sha256')}, got {_json_checksum(content)}"
+            )
     expected = _model_config(model_template)
     if metadata["config"] != expected:
         raise ValueError(
@@ -124,6 +181,28 @@ def _check_metadata(metadata: Any, model_template: PyTree, arrays: PyTree, where
             f"{_config_differences(metadata['config'], expected)}"
         )
     _check_layout(metadata["layout"], arrays, where)
+    if metadata["format"] == UNCHECKED_FORMAT:
+        return None
+    checksums = metadata.get("checksums")
+    if not isinstance(checksums, list) or len(checksums) != len(metadata["layout"]):
+        raise ValueError(
+            f"{where}: expected one checksum per array ({len(metadata['layout'])}), got "
+            f"{checksums!r}"
+        )
+    return checksums
+
+
+def _verify(checksums: list[str | None] | None, restored: PyTree, where: str) -> None:
+    """Compare the restored arrays with the checksums taken at save, where both are known."""
+    if checksums is None:
+        return
+    paths = [path for path, _, _ in _layout(restored)]
+    for path, expected, actual in zip(paths, checksums, _checksums(restored), strict=True):
+        if None not in (expected, actual) and expected != actual:
+            raise ValueError(
+                f"{where} is damaged: array {path}: checksum mismatch: expected SHA-256 "
+                f"{expected}, got {actual}"
+            )
 
 
 def _abstract(template: PyTree, shardings: ShardingChoice) -> PyTree:
@@ -219,12 +298,11 @@ class CheckpointManager:
                 f"step: expected a step after the latest saved one ({latest}) and at least 0, "
                 f"got {step}"
             )
-        metadata = {
-            "format": FORMAT,
-            "data_position": _json_value(data_position, "data_position"),
-            "config": _model_config(model),
-            "layout": _layout((model, opt_state)),
-        }
+        metadata = _metadata(
+            (model, opt_state),
+            model,
+            data_position=_json_value(data_position, "data_position"),
+        )
         ocp = _orbax()
         arrays = {
             "model": eqx.filter(model, eqx.is_array),
@@ -256,7 +334,9 @@ class CheckpointManager:
 
         Raises a ValueError when there is no such step, when the checkpoint comes from another
         model config (naming each field that differs), when its arrays (table sizes, optimiser)
-        differ from the templates', or when it is damaged (files missing or truncated).
+        differ from the templates', or when it is damaged: files missing or truncated, or an
+        array or the metadata whose SHA-256 differs from the one taken at save (naming the
+        array). Arrays restored split over several processes are not compared (see the module).
         """
         steps = self.all_steps()
         if step is None:
@@ -273,7 +353,9 @@ class CheckpointManager:
             metadata = self._manager.restore(
                 step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
             ).metadata
-        _check_metadata(metadata, model_template, (model_template, opt_state_template), where)
+        checksums = _check_metadata(
+            metadata, model_template, (model_template, opt_state_template), where
+        )
         target = {
             "model": _abstract(model_template, shardings),
             "opt_state": _abstract(opt_state_template, shardings),
@@ -282,11 +364,11 @@ class CheckpointManager:
             arrays = self._manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
             ).state
+        model = _fill(model_template, arrays["model"])
+        opt_state = _fill(opt_state_template, arrays["opt_state"])
+        _verify(checksums, (model, opt_state), where)
         return Checkpoint(
-            model=_fill(model_template, arrays["model"]),
-            opt_state=_fill(opt_state_template, arrays["opt_state"]),
-            step=step,
-            data_position=metadata["data_position"],
+            model=model, opt_state=opt_state, step=step, data_position=metadata["data_position"]
         )
 
     def wait(self) -> None:
@@ -307,12 +389,17 @@ class CheckpointManager:
 @contextlib.contextmanager
 def _damage_reported(where: str) -> Iterator[None]:
     """Report what Orbax and tensorstore raise for missing, truncated or unreadable files as a
-    damaged checkpoint."""
+    damaged checkpoint: the templates were checked against the metadata before, so what fails
+    here is the files. Orbax wraps some tensorstore errors in a bare `Exception`."""
     try:
         yield
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except Exception as error:
         # Tensorstore appends its whole JSON spec; the chained error keeps it.
-        reason = str(error).split(" [tensorstore_spec")[0]
+        reason = "; ".join(
+            str(cause).split(" [tensorstore_spec")[0].split(" See full TensorStore details")[0]
+            for cause in (error, error.__cause__)
+            if cause is not None
+        )
         raise ValueError(
             f"{where} is damaged (files missing, truncated or unreadable): {reason}"
         ) from error
@@ -328,7 +415,7 @@ def export_model(directory: str | os.PathLike, model: PyTree, *, overwrite: bool
     if directory.exists() and not overwrite:
         raise ValueError(f"directory: expected a path that does not exist yet, got {directory}")
     ocp = _orbax()
-    metadata = {"format": FORMAT, "config": _model_config(model), "layout": _layout(model)}
+    metadata = _metadata(model, model)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(
             directory,
@@ -349,7 +436,8 @@ def load_exported_model(
 
     Arrays are placed by `sharding` as in `CheckpointManager.restore`; by default on the
     template's devices, else the first local device. Raises a ValueError for another model
-    config (naming each field that differs), other arrays, or a damaged export.
+    config (naming each field that differs), other arrays, or a damaged export (files missing
+    or truncated, or a checksum that differs, as `CheckpointManager.restore`).
     """
     directory = Path(directory).absolute()
     if not directory.is_dir():
@@ -361,10 +449,12 @@ def load_exported_model(
             metadata = checkpointer.restore(
                 directory, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
             ).metadata
-        _check_metadata(metadata, template, template, where)
+        checksums = _check_metadata(metadata, template, template, where)
         target = _abstract(template, sharding)
         with _damage_reported(where):
             arrays = checkpointer.restore(
                 directory, args=ocp.args.Composite(model=ocp.args.StandardRestore(target))
             ).model
-    return _fill(template, arrays)
+    model = _fill(template, arrays)
+    _verify(checksums, model, where)
+    return model

@@ -1,5 +1,5 @@
-"""Training losses: per-action sigmoid cross-entropy (ranking), sampled and full softmax
-(retrieval)."""
+"""Training losses: per-action sigmoid cross-entropy and a listwise softmax (ranking), sampled
+and full softmax (retrieval)."""
 
 import equinox as eqx
 import jax
@@ -48,6 +48,34 @@ def ranking_loss(
     per_candidate = jnp.sum(per_action * weights, axis=-1) / jnp.sum(weights)
     valid = candidate_valid.astype(jnp.float32)
     return jnp.sum(per_candidate * valid) / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def listwise_loss(
+    scores: Float[Array, "cuts candidates"],
+    targets: Int[Array, " cuts"],
+    candidate_valid: Bool[Array, "cuts candidates"],
+) -> Scalar:
+    """Softmax cross-entropy of each cut's true item (slot `targets[i]`) among its valid
+    candidates, averaged over the cuts whose true item is valid (0 when none is).
+
+    The loss of the residual ranker: it trains the very score serving orders by, over the
+    candidates serving would see, where a per-candidate sigmoid only learns each item's odds
+    on its own (mostly its popularity). Invalid candidates are replaced before the softmax and
+    cuts without a valid target selected away after it, so they add nothing, not even a NaN
+    score, to the loss. Computed in float32 whatever the scores' dtype.
+    """
+    if candidate_valid.shape != scores.shape:
+        raise ValueError(
+            f"candidate_valid: expected shape {scores.shape} like scores, got "
+            f"{candidate_valid.shape}"
+        )
+    if targets.shape != scores.shape[:1]:
+        raise ValueError(f"targets: expected shape {scores.shape[:1]}, got {targets.shape}")
+    scores = jnp.where(candidate_valid, scores.astype(jnp.float32), REMOVED_LOGIT)
+    counted = jnp.take_along_axis(candidate_valid, targets[:, None], axis=1)[:, 0]
+    per_cut = optax.softmax_cross_entropy_with_integer_labels(scores, targets)
+    weights = counted.astype(jnp.float32)
+    return jnp.sum(jnp.where(counted, per_cut, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def retrieval_loss(

@@ -320,3 +320,17 @@ def full_ranking_metrics(
         mode: {name: _nan_mean(np.concatenate(values or [[]])) for name, values in metrics.items()}
         for mode, metrics in per_user.items()
     }
+
+
+def ranked_list_metrics(
+    found: Int[np.ndarray, "users listed"], targets: Int[np.ndarray, " users"], k: int
+) -> dict[str, float]:
+    """HitRate@k and NDCG@k of one held-out item per user from each user's top-`k` list
+    (`found[u]`, best first; a corpus of fewer than k items: a column per item): the figures
+    `full_ranking_metrics` gives for scores without ties."""
+    found, targets = np.asarray(found), np.asarray(targets)
+    if found.ndim != 2 or found.shape[0] != targets.shape[0] or found.shape[1] > k:
+        raise ValueError(f"found: expected shape ({targets.shape[0]}, <={k}), got {found.shape}")
+    hits = found == targets[:, None]
+    gains = hits / np.log2(np.arange(2, found.shape[1] + 2))[None, :]
+    return {f"hr@{k}": float(hits.any(axis=1).mean()), f"ndcg@{k}": float(gains.sum(1).mean())}

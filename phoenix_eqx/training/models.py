@@ -68,6 +68,19 @@ class TrainableRanker(eqx.Module):
             cache, rows, lengths, candidates, self.tables(candidates)
         )
 
+    def with_zero_head(self) -> "TrainableRanker":
+        """This ranker with its action head (`PhoenixModel.unembedding`) zero: every logit 0.
+
+        The residual ranker's start: its score is retrieval's logit plus this ranker's
+        weighted logits, so with a zero head it serves exactly retrieval's order, and training
+        moves it away from there only as far as the loss asks (a random head would start it
+        from retrieval's order plus noise)."""
+        return eqx.tree_at(
+            lambda ranker: ranker.model.unembedding,
+            self,
+            jnp.zeros_like(self.model.unembedding),
+        )
+
 
 class TrainableRetriever(eqx.Module):
     """`PhoenixRetrievalModel` with its hash embedding tables and the learned softmax

@@ -1,0 +1,192 @@
+"""Two-stage serving as Phoenix serves: retrieval over the whole corpus (the user's own items
+excluded), then the ranker re-scores what it found with candidate isolation: the residual
+ranker adds its weighted action logits to retrieval's logit, the BCE ranker orders by a
+weighted sum of action probabilities."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from ..training.models import TrainableRanker, TrainableRetriever
+from .batches import padded_rows, recsys_batch
+
+# Users per compiled call at most; a smaller call rounds up to a power of two (one user: one
+# row, no padding), so that at most nine compilations serve every call.
+EVAL_CHUNK = 256
+# Bytes of float32 scores one call may hold ([chunk, rows]): with 1M items a chunk of 256
+# users would write 1 GiB per call, and on a 2-core CPU the time per user was measured to grow
+# past about 8 users there (docs/scaling-costs.md), so the chunk shrinks as the corpus grows.
+MAX_SCORE_BYTES = 32 << 20
+
+
+def corpus_scores(
+    users: Float[Array, "batch emb"], item_vectors: Float[Array, "rows emb"]
+) -> Float[Array, "batch rows"]:
+    """Dot products of users and corpus rows in float32: the one computation that serving's
+    top-k and `score_items` share, so that both rank by bit-identical scores."""
+    return jnp.dot(
+        users,
+        item_vectors.T,
+        preferred_element_type=jnp.float32,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+
+
+def top_k_unseen(
+    scores: Float[Array, "batch rows"], exclude: Int[Array, "batch excluded"], k: int
+) -> tuple[Int[Array, "batch k"], Float[Array, "batch k"]]:
+    """Each row's `k` best columns, never column 0 (padding) nor the columns in `exclude`.
+
+    Order: descending score, ties to the lower index (`corpus_top_k`'s convention); only
+    finite scores are returned, the tail past them holds index -1 and score -inf.
+
+    Exclusions and padding are written into the scores as -inf before one float32
+    `lax.top_k` of width `k`: `corpus_top_k`'s integer sort keys make XLA on a CPU sort the
+    whole row (about 110 ms per user at 1M items, against under 1 ms for the float top-k), and
+    selecting `k + excluded` rows to drop exclusions afterwards widens the selection with the
+    history. `lax.top_k` orders floats by their bits, so -0.0 is first made +0.0 (they tie)
+    and NaN or +inf -inf (they would rank first): a score that is not finite is never returned.
+    """
+    batch, num_rows = scores.shape
+    scores = jnp.where(scores == 0, 0.0, scores)
+    scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf).at[:, 0].set(-jnp.inf)
+    scores = scores.at[jnp.arange(batch)[:, None], exclude].set(-jnp.inf)
+    top_scores, indices = jax.lax.top_k(scores, min(k, num_rows))
+    if k > num_rows:
+        top_scores = jnp.pad(top_scores, ((0, 0), (0, k - num_rows)), constant_values=-jnp.inf)
+        indices = jnp.pad(indices, ((0, 0), (0, k - num_rows)))
+    return jnp.where(jnp.isfinite(top_scores), indices, -1), top_scores
+
+
+def top_unseen(
+    users: Float[Array, "batch emb"],
+    item_vectors: Float[Array, "rows emb"],
+    exclude: Int[Array, "batch excluded"],
+    k: int,
+) -> tuple[Int[Array, "batch k"], Float[Array, "batch k"]]:
+    """Each user's `k` best corpus rows by dot product, never row 0 (padding) nor the rows in
+    `exclude`; `top_k_unseen` says the order. Short of items: index -1, score -inf."""
+    return top_k_unseen(corpus_scores(users, item_vectors), exclude, k)
+
+
+def chunk_size(num_users: int, num_rows: int) -> int:
+    """Users per compiled call: `num_users` rounded up to a power of two, at most
+    `EVAL_CHUNK` and at most what keeps the scores within `MAX_SCORE_BYTES`."""
+    fits = max(MAX_SCORE_BYTES // (4 * num_rows), 1)
+    cap = min(EVAL_CHUNK, 1 << (fits.bit_length() - 1))
+    return min(cap, 1 << max(num_users - 1, 0).bit_length())
+
+
+def residual_scores(
+    retrieval_logits: Float[Array, "*batch candidates"],
+    action_logits: Float[Array, "*batch candidates actions"],
+    action_weights: Float[Array, " actions"],
+) -> Float[Array, "*batch candidates"]:
+    """The residual ranker's score: retrieval's logit plus the ranker's correction
+    `sum_a w_a * logit_a`, in float32. Serving orders by it and the listwise loss trains it,
+    so the ranker learns the score it is served by. No sigmoid: a saturated score would tie
+    candidates that retrieval tells apart."""
+    correction = action_logits.astype(jnp.float32) @ action_weights.astype(jnp.float32)
+    return retrieval_logits.astype(jnp.float32) + correction
+
+
+@eqx.filter_jit
+def two_stage(
+    retriever: TrainableRetriever,
+    ranker: TrainableRanker | None,
+    item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: Int[Array, "batch user_hashes"],
+    histories: Int[Array, "batch history"],
+    exclude: Int[Array, "batch excluded"],
+    action_weights: Float[Array, " actions"],
+    num_retrieved: int,
+    residual: bool,
+) -> tuple[Int[Array, "batch retrieved"], Float[Array, "batch retrieved"]]:
+    """Retrieve `num_retrieved` rows, then order them by the ranker: with `residual`, by
+    `residual_scores` of retrieval's logit (the dot product over the retriever's temperature,
+    the logit it was trained with); otherwise by its weighted action probabilities. Without a
+    ranker the retrieval order is final (dot products as scores). Callers keep the first `k`:
+    one compilation serves every `k`.
+
+    A residual ranker whose head is zero serves retrieval's order exactly: dividing by the
+    temperature never reverses two scores (it may tie them), and `lax.top_k` breaks ties
+    to the lower slot, which retrieval's already sorted list makes the better-retrieved one."""
+    empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
+    user_vectors = retriever.user_vectors(recsys_batch(users, histories, empty, item_hashes))
+    retrieved, retrieval_scores = top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
+    if ranker is None:
+        return retrieved, retrieval_scores
+    logits = ranker(recsys_batch(users, histories, jnp.maximum(retrieved, 0), item_hashes))
+    if residual:
+        scores = residual_scores(retrieval_scores / retriever.temperature, logits, action_weights)
+    else:
+        scores = jax.nn.sigmoid(logits.astype(jnp.float32)) @ action_weights
+    scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
+    top_scores, slots = jax.lax.top_k(scores, num_retrieved)
+    return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
+
+
+@eqx.filter_jit
+def retrieval_scores(
+    retriever: TrainableRetriever,
+    item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: Int[Array | np.ndarray, "batch user_hashes"],
+    histories: Int[Array | np.ndarray, "batch history"],
+) -> Float[Array, "batch rows"]:
+    """Dot products of the users' vectors with every corpus row (row 0, padding, included)."""
+    empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
+    return corpus_scores(
+        retriever.user_vectors(recsys_batch(users, histories, empty, item_hashes)), item_vectors
+    )
+
+
+def chunk_bounds(num_users: int) -> list[tuple[int, int]]:
+    """`(start, stop)` of `EVAL_CHUNK`-user chunks."""
+    return [
+        (start, min(start + EVAL_CHUNK, num_users)) for start in range(0, num_users, EVAL_CHUNK)
+    ]
+
+
+def rank_in_chunks(
+    retriever: TrainableRetriever,
+    ranker: TrainableRanker | None,
+    item_vectors: Float[Array, "rows emb"],
+    item_hashes: Int[Array, "rows item_hashes"],
+    users: np.ndarray,
+    histories: np.ndarray,
+    excluded: np.ndarray,
+    action_weights: np.ndarray,
+    num_retrieved: int,
+    k: int,
+    *,
+    residual: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays (`residual`:
+    the ranker is residual, `FitOptions.ranker_loss == "listwise"`)."""
+    num_users = histories.shape[0]
+    num_retrieved = min(max(num_retrieved, k), item_vectors.shape[0] - 1)
+    chunk = chunk_size(num_users, item_vectors.shape[0])
+    weights = jnp.asarray(action_weights)
+    indices, scores = [], []
+    for start in range(0, num_users, chunk):
+        rows = np.arange(start, min(start + chunk, num_users))
+        padded = padded_rows(rows, chunk, int(rows[0]))
+        found, found_scores = two_stage(
+            retriever,
+            ranker,
+            item_vectors,
+            item_hashes,
+            jnp.asarray(users[padded]),
+            jnp.asarray(histories[padded]),
+            jnp.asarray(excluded[padded]),
+            weights,
+            num_retrieved,
+            residual,
+        )
+        indices.append(np.asarray(found)[: rows.size, :k])
+        scores.append(np.asarray(found_scores)[: rows.size, :k])
+    return np.concatenate(indices), np.concatenate(scores)
