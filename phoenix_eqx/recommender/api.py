@@ -1,5 +1,6 @@
 """`Recommender`: fit Phoenix's two stages on any interaction log, recommend, save, load."""
 
+import dataclasses
 import math
 import os
 import time
@@ -241,31 +242,14 @@ class Recommender:
         validation's choice of stages: True re-ranks retrieval's items with the ranker, False
         serves retrieval's order (e.g. to show what each stage does).
         """
-        use_ranker = self._resolve_use_ranker(use_ranker)
-        exclude_seen = _flag(exclude_seen, "exclude_seen")
-        users = as_ids(user_ids, "user_ids")
-        if not users:
-            raise ValueError("user_ids: expected at least one user, got none")
+        request = self._request(user_ids, histories, exclude_seen, use_ranker)
         if (
             isinstance(k, bool)
             or not isinstance(k, int | np.integer)
             or not 1 <= k <= self.num_items
         ):
             raise ValueError(f"k: expected an int in 1..{self.num_items} (the items), got {k!r}")
-        sequences = self._sequences(users, histories)
-        rows, scores = rank_in_chunks(
-            self.retriever,
-            self.ranker if use_ranker else None,
-            self._item_vectors,
-            self._item_hashes,
-            self.features.user_rows(users),
-            windows(sequences, self.options.history_seq_len),
-            excluded(sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users)),
-            self.options.weight_vector(),
-            self.options.num_retrieved,
-            int(k),
-            residual=self.options.ranker_loss == "listwise",
-        )
+        rows, scores = self._rank(request, int(k))
         return self._lookup(rows), scores
 
     def score_items(
@@ -286,14 +270,7 @@ class Recommender:
         retrieval's order (its dot product shifted below the lowest ranker score).
         `exclude_seen`: the history's items score -inf and are not among those retrieved.
         """
-        use_ranker = self._resolve_use_ranker(use_ranker)
-        exclude_seen = _flag(exclude_seen, "exclude_seen")
-        users = as_ids(user_ids, "user_ids")
-        if not users:
-            raise ValueError("user_ids: expected at least one user, got none")
-        sequences = self._sequences(users, histories)
-        history_windows = windows(sequences, self.options.history_seq_len)
-        user_hashes = self.features.user_rows(users)
+        request = self._request(user_ids, histories, exclude_seen, use_ranker)
         scores = np.concatenate(
             [
                 np.asarray(
@@ -301,31 +278,18 @@ class Recommender:
                         self.retriever,
                         self._item_vectors,
                         self._item_hashes,
-                        user_hashes[start:stop],
-                        history_windows[start:stop],
+                        request.user_hashes[start:stop],
+                        request.windows[start:stop],
                     )
                 )
-                for start, stop in chunk_bounds(len(users))
+                for start, stop in chunk_bounds(len(request.sequences))
             ]
         )
-        if exclude_seen:
-            for row, sequence in enumerate(sequences):
+        if request.exclude_seen:
+            for row, sequence in enumerate(request.sequences):
                 scores[row, sequence] = -np.inf
-        if use_ranker:
-            num_retrieved = min(self.options.num_retrieved, self.num_items)
-            rows, ranked = rank_in_chunks(
-                self.retriever,
-                self.ranker,
-                self._item_vectors,
-                self._item_hashes,
-                user_hashes,
-                history_windows,
-                excluded(sequences if exclude_seen else [np.zeros(0, np.int32)] * len(users)),
-                self.options.weight_vector(),
-                self.options.num_retrieved,
-                num_retrieved,
-                residual=self.options.ranker_loss == "listwise",
-            )
+        if request.use_ranker:
+            rows, ranked = self._rank(request, min(self.options.num_retrieved, self.num_items))
             # Retrieval's finite scores move below the lowest ranker score; a user with no
             # finite score (every item seen) keeps its -inf row, and no ranked row.
             kept = rows > 0
@@ -333,9 +297,46 @@ class Recommender:
             lowest = np.min(ranked, axis=1, where=kept, initial=np.inf)
             moved = (np.isfinite(highest) & np.isfinite(lowest))[:, None]
             scores = np.where(moved, scores - highest[:, None] + (lowest - 1.0)[:, None], scores)
-            users_axis = np.broadcast_to(np.arange(len(users))[:, None], rows.shape)
+            users_axis = np.broadcast_to(np.arange(rows.shape[0])[:, None], rows.shape)
             scores[users_axis[kept], rows[kept]] = ranked[kept]
         return scores[:, 1:]
+
+    def _request(
+        self,
+        user_ids: Sequence[Hashable] | np.ndarray,
+        histories: Sequence[Sequence[Hashable] | np.ndarray] | None,
+        exclude_seen: bool,
+        use_ranker: bool | None,
+    ) -> "_Request":
+        """The checked arguments of `recommend` and `score_items`, as the models read them."""
+        use_ranker = self._resolve_use_ranker(use_ranker)
+        exclude_seen = _flag(exclude_seen, "exclude_seen")
+        users = as_ids(user_ids, "user_ids")
+        if not users:
+            raise ValueError("user_ids: expected at least one user, got none")
+        sequences = self._sequences(users, histories)
+        return _Request(
+            user_hashes=self.features.user_rows(users),
+            sequences=sequences,
+            windows=windows(sequences, self.options.history_seq_len),
+            exclude_seen=exclude_seen,
+            use_ranker=use_ranker,
+        )
+
+    def _rank(self, request: "_Request", k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The two stages' (or retrieval's alone) top `k` item rows and scores per user."""
+        no_items = [np.zeros(0, np.int32)] * len(request.sequences)
+        return rank_in_chunks(
+            self.retriever,
+            self.ranker if request.use_ranker else None,
+            self._item_vectors,
+            self._item_hashes,
+            request.user_hashes,
+            request.windows,
+            excluded(request.sequences if request.exclude_seen else no_items),
+            self.options,
+            k,
+        )
 
     def _resolve_use_ranker(self, use_ranker: bool | None) -> bool:
         if use_ranker is None:
@@ -416,6 +417,17 @@ class Recommender:
             validation_history=saved.validation_history,
             features=saved.features,
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """Users to serve: their hashes, item-row sequences and windows, and how to serve them."""
+
+    user_hashes: np.ndarray
+    sequences: list[np.ndarray]
+    windows: np.ndarray
+    exclude_seen: bool
+    use_ranker: bool
 
 
 def _flag(value, name: str) -> bool:

@@ -220,6 +220,11 @@ class RankerStageOptions(_Checked):
         _bool(self, "ranker_warm_start")
         _choice(self, "ranker_loss", ("listwise", "bce"))
 
+    @property
+    def residual_ranker(self) -> bool:
+        """Whether the ranker refines retrieval's logit (`ranker_loss="listwise"`)."""
+        return self.ranker_loss == "listwise"
+
 
 @dataclasses.dataclass(frozen=True)
 class ServingOptions(_Checked):

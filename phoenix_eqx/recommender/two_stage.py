@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, Int
 
 from ..training.models import TrainableRanker, TrainableRetriever
 from .batches import padded_rows, recsys_batch
+from .options import FitOptions
 
 # Users per compiled call at most; a smaller call rounds up to a power of two (one user: one
 # row, no padding), so that at most nine compilations serve every call.
@@ -159,18 +160,15 @@ def rank_in_chunks(
     users: np.ndarray,
     histories: np.ndarray,
     excluded: np.ndarray,
-    action_weights: np.ndarray,
-    num_retrieved: int,
+    options: FitOptions,
     k: int,
-    *,
-    residual: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays (`residual`:
-    the ranker is residual, `FitOptions.ranker_loss == "listwise"`)."""
+    """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays, serving as
+    `options` say (`num_retrieved`, `action_weights`, `residual_ranker`)."""
     num_users = histories.shape[0]
-    num_retrieved = min(max(num_retrieved, k), item_vectors.shape[0] - 1)
+    num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
     chunk = chunk_size(num_users, item_vectors.shape[0])
-    weights = jnp.asarray(action_weights)
+    weights = jnp.asarray(options.weight_vector())
     indices, scores = [], []
     for start in range(0, num_users, chunk):
         rows = np.arange(start, min(start + chunk, num_users))
@@ -185,7 +183,7 @@ def rank_in_chunks(
             jnp.asarray(excluded[padded]),
             weights,
             num_retrieved,
-            residual,
+            options.residual_ranker,
         )
         indices.append(np.asarray(found)[: rows.size, :k])
         scores.append(np.asarray(found_scores)[: rows.size, :k])

@@ -41,9 +41,7 @@ class Validation:
             self.users,
             self.histories,
             self.excluded,
-            options.weight_vector(),
-            options.num_retrieved,
+            options,
             k,
-            residual=options.ranker_loss == "listwise",
         )
         return ranked_list_metrics(found, self.targets, k)

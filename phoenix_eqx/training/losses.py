@@ -11,6 +11,14 @@ from jaxtyping import Array, Bool, Float, Int, Scalar
 REMOVED_LOGIT = -1e9
 
 
+def _masked_mean(values: Float[Array, " rows"], valid: Bool[Array, " rows"]) -> Scalar:
+    """The mean of the valid rows' values (0 when none is). Invalid rows are selected away,
+    not multiplied by 0, so they add nothing even when NaN, to the loss or its gradient."""
+    return jnp.sum(jnp.where(valid, values, 0.0)) / jnp.maximum(
+        jnp.sum(valid.astype(jnp.float32)), 1.0
+    )
+
+
 def ranking_loss(
     logits: Float[Array, "batch candidates actions"],
     labels: Float[Array, "batch candidates actions"],
@@ -74,8 +82,7 @@ def listwise_loss(
     scores = jnp.where(candidate_valid, scores.astype(jnp.float32), REMOVED_LOGIT)
     counted = jnp.take_along_axis(candidate_valid, targets[:, None], axis=1)[:, 0]
     per_cut = optax.softmax_cross_entropy_with_integer_labels(scores, targets)
-    weights = counted.astype(jnp.float32)
-    return jnp.sum(jnp.where(counted, per_cut, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
+    return _masked_mean(per_cut, counted)
 
 
 def retrieval_loss(
@@ -152,8 +159,7 @@ def retrieval_loss(
     # or to any gradient.
     logits = jnp.where(user_valid[:, None], logits, 0.0)
     per_user = -jnp.sum(jax.nn.log_softmax(logits, axis=-1) * own, axis=-1)
-    weights = user_valid.astype(jnp.float32)
-    return jnp.sum(jnp.where(user_valid, per_user, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
+    return _masked_mean(per_user, user_valid)
 
 
 def full_softmax_loss(
@@ -185,5 +191,4 @@ def full_softmax_loss(
     users = jnp.where(valid[:, None], user_vectors.astype(jnp.float32), 0.0)
     logits = jnp.dot(users, item_vectors.astype(jnp.float32).T)
     per_row = optax.softmax_cross_entropy_with_integer_labels(logits / temperature, targets)
-    weights = valid.astype(jnp.float32)
-    return jnp.sum(jnp.where(valid, per_row, 0.0)) / jnp.maximum(jnp.sum(weights), 1.0)
+    return _masked_mean(per_row, valid)
