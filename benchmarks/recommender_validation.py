@@ -20,21 +20,34 @@ import phoenix_eqx as px
 from phoenix_eqx.data import load_movielens_1m, load_movielens_100k
 
 
+def load(dataset: str) -> px.data.InteractionData:
+    """MovieLens `"1m"` or `"100k"`."""
+    return {"1m": load_movielens_1m, "100k": load_movielens_100k}[dataset]()
+
+
+def without_test_items(data: px.data.InteractionData) -> np.ndarray:
+    """Row indices of every interaction but each user's last (the test item)."""
+    order = np.lexsort((np.arange(data.num_interactions), data.timestamps, data.users))
+    sorted_users = data.users[order]
+    is_last = np.r_[sorted_users[1:] != sorted_users[:-1], True]
+    return order[~is_last]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=["1m", "100k"])
     parser.add_argument("--budget", type=float, default=None, help="FitOptions.time_budget_s")
+    parser.add_argument(
+        "--save", default=None, metavar="DIR", help="save the fitted Recommender here"
+    )
     parser.add_argument("overrides", nargs="*", metavar="field=value")
     args = parser.parse_intermixed_args()
     overrides = {}
     for item in args.overrides:
         name, _, value = item.partition("=")
         overrides[name] = json.loads(value)
-    data = {"1m": load_movielens_1m, "100k": load_movielens_100k}[args.dataset]()
-    order = np.lexsort((np.arange(data.num_interactions), data.timestamps, data.users))
-    sorted_users = data.users[order]
-    is_last = np.r_[sorted_users[1:] != sorted_users[:-1], True]
-    train = order[~is_last]  # everything but each user's test item
+    data = load(args.dataset)
+    train = without_test_items(data)
     options = px.FitOptions(time_budget_s=args.budget, **overrides)
     print(json.dumps({"options": dataclasses.asdict(options)}))
     start = time.perf_counter()
@@ -46,6 +59,8 @@ def main() -> None:
         options=options,
     )
     wall = time.perf_counter() - start
+    if args.save is not None:
+        rec.save(args.save)
     print(
         json.dumps(
             {

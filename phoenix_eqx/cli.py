@@ -115,7 +115,11 @@ def run_movielens_demo(
         table.add_column("after retrieval (score: cosine)")
         columns.append((retrieved, "{:+.3f}"))
         if ranker_trained:
-            table.add_column("after ranking (score: weighted actions)")
+            table.add_column(
+                "after ranking (score: retrieval logit + ranker's correction)"
+                if recommender.options.residual_ranker
+                else "after ranking (score: weighted actions)"
+            )
             columns.append((recommender.recommend([user], k=10, use_ranker=True), "{:.3f}"))
         for position in range(10):
             cells = [
@@ -133,6 +137,12 @@ def run_movielens_demo(
     if "ranker" in validation:
         summary.add_row("Phoenix retrieval + ranker", f"{validation['ranker']['hr@10']:.3f}")
     console.print(summary)
+    if "ranker_gain" in validation:
+        gain = validation["ranker_gain"]
+        console.print(
+            f"the ranker's HR@10 gain over retrieval alone, paired over the same users: "
+            f"{gain['hr@10']:+.3f} ± {gain['hr@10_se']:.3f} (one standard error)"
+        )
     console.print(
         f"fit took {fit_seconds:.0f} s (budget {budget_s:.0f} s) on "
         f"{jax.devices()[0].device_kind}; these HR@10 figures are the validation items that "

@@ -9,11 +9,13 @@ and not excluded (HR and NDCG at 10, 20, 50), beside popularity, recent item-kNN
 chosen on the same validation items.
 """
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from .data import SequenceSplit
 from .recommender import Recommender
-from .training import full_ranking_metrics
+from .training import FULL_RANKING_KS, full_ranking_per_user
 
 BASELINE_NAMES = {
     "popularity": "popularity",
@@ -48,10 +50,13 @@ def fit_interactions(split: SequenceSplit) -> np.ndarray:
     return order[~is_last & split.evaluated[users]]
 
 
-def recommender_test_metrics(
-    rec: Recommender, split: SequenceSplit, use_ranker: bool
-) -> dict[str, dict[str, float]]:
-    """`full_ranking_metrics` of every evaluated user's test item, ranking all items by
+def recommender_test_per_user(
+    rec: Recommender,
+    split: SequenceSplit,
+    use_ranker: bool,
+    ks: Sequence[int] = FULL_RANKING_KS,
+) -> dict[str, dict[str, np.ndarray]]:
+    """`full_ranking_per_user` of every evaluated user's test item, ranking all items by
     `rec.score_items` (see there for how retrieval + ranker orders the whole corpus).
 
     A user's history is its items before the test item (training plus validation item);
@@ -81,11 +86,12 @@ def recommender_test_metrics(
             )
             return full
 
-        metrics = full_ranking_metrics(
+        per_user = full_ranking_per_user(
             scores,
             split.test_items[users],
             split.history_matrix("test")[users],
+            ks,
             ranked_items=np.arange(split.data.num_items + 1) > 0,
         )
-        results[mode] = metrics[mode]
+        results[mode] = per_user[mode]
     return results

@@ -34,9 +34,15 @@ from .data import (
     side_features,
     synthetic_interactions,
 )
-from .protocol import BASELINE_NAMES, DESCRIPTION, MODES, fit_interactions, recommender_test_metrics
+from .protocol import (
+    BASELINE_NAMES,
+    DESCRIPTION,
+    MODES,
+    fit_interactions,
+    recommender_test_per_user,
+)
 from .recommender import FitOptions, Recommender
-from .training import leave_two_out_baselines
+from .training import FULL_RANKING_KS, leave_two_out_baselines, paired_difference, users_mean
 
 # FitOptions fields with no flag of their own: `--budget` sets time_budget_s.
 NO_FLAG = ("time_budget_s", "action_weights", "verbose")
@@ -109,7 +115,7 @@ def results_table(rows: dict[str, dict], mode: str) -> Table:
 
 def run(args: argparse.Namespace, console: Console) -> dict:
     """Fit without the test items, select on validation only, then evaluate the test items
-    once per reported row (`protocol.recommender_test_metrics`); returns the report."""
+    once per reported row (`protocol.recommender_test_per_user`); returns the report."""
     started = time.time()
     options = args.options
     try:
@@ -153,14 +159,40 @@ def run(args: argparse.Namespace, console: Console) -> dict:
     stages = [(f"Phoenix retrieval alone{label}", False, "retrieval")]
     if "ranker" in rec.validation:  # trained: not switched off, nor skipped by the budget
         stages.append((f"Phoenix retrieval + ranker{label}", True, "ranker"))
+    # Retrieval's recall at what it hands the ranker: the ceiling of any re-ranking.
+    retrieved = min(options.num_retrieved, rec.num_items)
+    per_user = {}
     for name, use_ranker, stage in stages:
+        ks = FULL_RANKING_KS if use_ranker else (*FULL_RANKING_KS, retrieved)
+        per_user[stage] = recommender_test_per_user(rec, split, use_ranker, ks)
         results[name] = {
-            "test": recommender_test_metrics(rec, split, use_ranker),
+            "test": users_mean(per_user[stage]),
             "validation": rec.validation[stage],
             "served_by_fit": use_ranker == rec.use_ranker,
         }
     for mode in MODES:
         console.print(results_table(results, mode))
+    ranker_gain = None
+    if "ranker" in per_user:
+        ranker_gain = {
+            "validation": rec.validation["ranker_gain"],
+            "test": {
+                metric: paired_difference(
+                    per_user["ranker"]["seen_excluded"][metric],
+                    per_user["retrieval"]["seen_excluded"][metric],
+                )
+                for metric in ("hit_rate@10", "ndcg@10")
+            },
+        }
+        ranker_gain["test"][f"retrieval_recall@{retrieved}"] = float(
+            users_mean(per_user["retrieval"])["seen_excluded"][f"hit_rate@{retrieved}"]
+        )
+        test_gain = ranker_gain["test"]["hit_rate@10"]
+        console.print(
+            f"ranker over retrieval alone, test HR@10 (history excluded, paired): "
+            f"{test_gain['difference']:+.4f} ± {test_gain['standard_error']:.4f} "
+            f"over {test_gain['users']:,.0f} users"
+        )
     served = "retrieval + ranker" if rec.use_ranker else "retrieval alone"
     console.print(f"fit served {served} (chosen on validation HR@10)")
     report = {
@@ -182,6 +214,7 @@ def run(args: argparse.Namespace, console: Console) -> dict:
             for seconds, stage, epoch, hit_rate in rec.validation_history
         ],
         "served": served,
+        "ranker_gain": ranker_gain,
         "baselines": baselines,
         "fit_seconds": round(fit_seconds, 1),
         "seconds": round(time.time() - started, 1),

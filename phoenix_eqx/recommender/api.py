@@ -25,7 +25,7 @@ from .options import FitOptions
 from .ranker_stage import train_ranker
 from .retrieval_stage import train_retriever
 from .two_stage import chunk_bounds, rank_in_chunks, retrieval_scores
-from .validation import Validation
+from .validation import hold_out_last
 
 
 class Recommender:
@@ -46,7 +46,9 @@ class Recommender:
     ):
         """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
 
-        `validation` holds each stage's best validation metrics; `validation_history` one
+        `validation` holds each stage's best validation metrics ("retrieval", "ranker") and,
+        when a ranker was trained, "ranker_gain": its paired HR@10 / NDCG@10 difference from
+        retrieval alone with standard errors ("hr@10_se"); `validation_history` one
         `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit;
         `features` the side features' hashes (`data.FeatureHashes`) of the items and of the
         users in `histories` (None: the ids alone).
@@ -130,30 +132,14 @@ class Recommender:
             feature_columns(item_features, "item_features", log.item_ids),
             feature_columns(user_features, "user_features", log.user_ids),
         )
-        held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
-        if not held_out:
-            raise ValueError(
-                "user_ids: expected some user with two or more interactions (the last one is "
-                "held out for validation), got none"
-            )
-        train = [sequence[:-1] if sequence.size >= 2 else sequence for sequence in log.sequences]
-        train_actions = [
-            actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions
-        ]
-        validation = Validation(
-            users=features.user_rows([log.user_ids[i] for i in held_out]),
-            histories=windows([train[i] for i in held_out], options.history_seq_len),
-            excluded=excluded([train[i] for i in held_out]),
-            targets=np.array([log.sequences[i][-1] for i in held_out]),
-            item_hashes=jnp.asarray(features.item_hashes),
-        )
+        train, train_actions, validation = hold_out_last(log, features, options.history_seq_len)
         console = Console(quiet=not options.verbose)
         budget = math.inf if options.time_budget_s is None else options.time_budget_s
         retriever, ranker = build_models(options, features, key=jax.random.key(options.seed))
         console.print(
             f"fit: {len(log.user_ids):,} users, {len(log.item_ids):,} items, "
             f"{sum(s.size for s in log.sequences):,} interactions; validating on "
-            f"{len(held_out):,} held-out last items; loss "
+            f"{validation.targets.size:,} held-out last items; loss "
             f"{options.resolved_loss(len(log.item_ids))!r}; side features "
             f"{list(features.item_columns + features.user_columns) or 'none'}"
         )
@@ -196,6 +182,13 @@ class Recommender:
                 ranker, results["ranker"] = trained
                 # Model selection on validation: serve the ranker's order only where it helps.
                 use_ranker = results["ranker"]["hr@10"] >= retrieval_metrics["hr@10"]
+                results["ranker_gain"] = validation.ranker_gain(retriever, ranker, options)
+                gain = results["ranker_gain"]
+                console.print(
+                    f"ranker: validation HR@10 {gain['hr@10']:+.4f} ± {gain['hr@10_se']:.4f}, "
+                    f"NDCG@10 {gain['ndcg@10']:+.4f} ± {gain['ndcg@10_se']:.4f} over retrieval "
+                    f"alone (paired, ± one standard error)"
+                )
         histories = dict(zip(log.user_ids, log.sequences, strict=True))
         recommender = cls(
             retriever,

@@ -123,8 +123,9 @@ class OptimizationOptions(_Checked):
     no epoch yet (it compiles: 3-8 s). Measured on the 2-core CPU machine, default options:
     budgets of 2 s and 5 s took 14 s (5 s took 32 s before this cap), 60 s took 66 s (the
     ranker's first validation). fit's last console line gives its time against the budget."""
-    retrieval_share: float = 0.85
-    """The share of `time_budget_s` that retrieval gets; the ranker has the rest."""
+    retrieval_share: float = 0.75
+    """The share of `time_budget_s` that retrieval gets; the ranker has the rest (and what
+    retrieval leaves when patience stops it early)."""
     seed: int = 0
     """Fixes initialisation and data order (0..2**32-1)."""
 
@@ -198,8 +199,8 @@ class RankerStageOptions(_Checked):
     """Most passes over the users (0: no ranker)."""
     ranker_candidates: int = 32
     """Candidates per cut: the positive and `ranker_candidates - 1` negatives (>= 2)."""
-    ranker_positions_per_user: int = 1
-    """Cuts per user per step."""
+    ranker_positions_per_user: int = 8
+    """Cuts per user per step: the latest, then random ones (from one prefix pass)."""
     ranker_warm_start: bool = True
     """Start from the retriever's tables, transformer and history input layer
     (`training.warm_start_ranker`)."""

@@ -4,11 +4,15 @@ ranker is served."""
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from ..training.metrics import ranked_list_metrics
+from ..data.feature_hashes import FeatureHashes
+from ..training.metrics import paired_difference, ranked_list_per_user
 from ..training.models import TrainableRanker, TrainableRetriever
+from .batches import excluded, windows
+from .index import IndexedLog
 from .models import item_vectors
 from .options import FitOptions
 from .two_stage import rank_in_chunks
@@ -33,6 +37,50 @@ class Validation:
         k: int = 10,
     ) -> dict[str, float]:
         """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker."""
+        per_user = self.per_user(retriever, ranker, options, k)
+        return {name: float(values.mean()) for name, values in per_user.items()}
+
+    def ranker_gain(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker,
+        options: FitOptions,
+        k: int = 10,
+    ) -> dict[str, float]:
+        """How much the ranker lifts HR@k and NDCG@k over retrieval alone on these users:
+        the paired differences and their standard errors (`paired_difference`, "hr@k_se"),
+        and the ceiling of any re-ranking, "retrieval_recall@n": the share of held-out items
+        among the `n` (`num_retrieved`) that retrieval hands the ranker."""
+        with_ranker = self.per_user(retriever, ranker, options, k)
+        retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+        found = self.found(retriever, None, options, retrieved)
+        alone = ranked_list_per_user(found[:, :k], self.targets, k)
+        recall = ranked_list_per_user(found, self.targets, retrieved)[f"hr@{retrieved}"]
+        gain = {f"retrieval_recall@{retrieved}": float(recall.mean())}
+        for name in with_ranker:
+            paired = paired_difference(with_ranker[name], alone[name])
+            gain[name] = paired["difference"]
+            gain[f"{name}_se"] = paired["standard_error"]
+        return gain
+
+    def per_user(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker | None,
+        options: FitOptions,
+        k: int,
+    ) -> dict[str, np.ndarray]:
+        """Each held-out user's HR@k and NDCG@k, as `recommend` serves with or without ranker."""
+        return ranked_list_per_user(self.found(retriever, ranker, options, k), self.targets, k)
+
+    def found(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker | None,
+        options: FitOptions,
+        k: int,
+    ) -> np.ndarray:
+        """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them."""
         found, _ = rank_in_chunks(
             retriever,
             ranker,
@@ -44,4 +92,27 @@ class Validation:
             options,
             k,
         )
-        return ranked_list_metrics(found, self.targets, k)
+        return found
+
+
+def hold_out_last(
+    log: IndexedLog, features: FeatureHashes, history_seq_len: int
+) -> tuple[list[np.ndarray], list[np.ndarray], Validation]:
+    """Each user's training sequence and actions (all but the last interaction of a user with
+    two or more) and the `Validation` of those held-out last items."""
+    held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
+    if not held_out:
+        raise ValueError(
+            "user_ids: expected some user with two or more interactions (the last one is "
+            "held out for validation), got none"
+        )
+    train = [sequence[:-1] if sequence.size >= 2 else sequence for sequence in log.sequences]
+    train_actions = [actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions]
+    validation = Validation(
+        users=features.user_rows([log.user_ids[i] for i in held_out]),
+        histories=windows([train[i] for i in held_out], history_seq_len),
+        excluded=excluded([train[i] for i in held_out]),
+        targets=np.array([log.sequences[i][-1] for i in held_out]),
+        item_hashes=jnp.asarray(features.item_hashes),
+    )
+    return train, train_actions, validation

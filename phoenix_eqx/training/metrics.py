@@ -250,7 +250,36 @@ def full_ranking_metrics(
     ranked_items: Bool[np.ndarray, " items"] | None = None,
     chunk_size: int = 256,
 ) -> dict[str, dict[str, float]]:
-    """HitRate@K and NDCG@K of one held-out item per user, ranking the whole corpus.
+    """`full_ranking_per_user`'s metrics averaged over the users each counts."""
+    return users_mean(
+        full_ranking_per_user(
+            scores, targets, seen, ks, ranked_items=ranked_items, chunk_size=chunk_size
+        )
+    )
+
+
+def users_mean(
+    per_user: dict[str, dict[str, Float[np.ndarray, " users"]]],
+) -> dict[str, dict[str, float]]:
+    """`full_ranking_per_user`'s figures averaged over the users each mode counts."""
+    return {
+        mode: {name: _nan_mean(values) for name, values in metrics.items()}
+        for mode, metrics in per_user.items()
+    }
+
+
+def full_ranking_per_user(
+    scores: Float[np.ndarray, "users items"] | ScoreRows,
+    targets: Int[np.ndarray, " users"],
+    seen: Bool[np.ndarray, "users items"],
+    ks: Sequence[int] = FULL_RANKING_KS,
+    *,
+    ranked_items: Bool[np.ndarray, " items"] | None = None,
+    chunk_size: int = 256,
+) -> dict[str, dict[str, Float[np.ndarray, " users"]]]:
+    """HitRate@K and NDCG@K of one held-out item per user, ranking the whole corpus: each
+    user's own figure (NaN where the user does not count), for averages and paired
+    comparisons (`paired_difference`).
 
     `scores`: the `[users, items]` scores, or a function of row indices (at most `chunk_size`
     of `0..users-1`) returning those rows' scores, so that all scores never exist at once.
@@ -259,7 +288,7 @@ def full_ranking_metrics(
     every target must be one of them.
 
     Returns `{"seen_excluded": m, "seen_included": m}`, `m` holding `hit_rate@K` and `ndcg@K`
-    averaged over users: with each user's seen items removed from the ranking, and ranked like
+    per user: with each user's seen items removed from the ranking, and ranked like
     any other item. With one target per user HitRate@K = Recall@K. A target among the user's
     seen items cannot be recommended once they are excluded: such a user counts in
     `seen_included` only (as in `per_user_retrieval_metrics`, relevant and excluded counts as
@@ -317,20 +346,44 @@ def full_ranking_metrics(
                 per_user[mode][f"hit_rate@{k}"].append(np.where(counted, hit, np.nan))
                 per_user[mode][f"ndcg@{k}"].append(np.where(counted, gain, np.nan))
     return {
-        mode: {name: _nan_mean(np.concatenate(values or [[]])) for name, values in metrics.items()}
+        mode: {name: np.concatenate(values or [[]]) for name, values in metrics.items()}
         for mode, metrics in per_user.items()
     }
 
 
-def ranked_list_metrics(
+def ranked_list_per_user(
     found: Int[np.ndarray, "users listed"], targets: Int[np.ndarray, " users"], k: int
-) -> dict[str, float]:
-    """HitRate@k and NDCG@k of one held-out item per user from each user's top-`k` list
+) -> dict[str, Float[np.ndarray, " users"]]:
+    """Each user's HitRate@k and NDCG@k of one held-out item from its top-`k` list
     (`found[u]`, best first; a corpus of fewer than k items: a column per item): the figures
-    `full_ranking_metrics` gives for scores without ties."""
+    `full_ranking_per_user` gives for scores without ties."""
     found, targets = np.asarray(found), np.asarray(targets)
     if found.ndim != 2 or found.shape[0] != targets.shape[0] or found.shape[1] > k:
         raise ValueError(f"found: expected shape ({targets.shape[0]}, <={k}), got {found.shape}")
     hits = found == targets[:, None]
     gains = hits / np.log2(np.arange(2, found.shape[1] + 2))[None, :]
-    return {f"hr@{k}": float(hits.any(axis=1).mean()), f"ndcg@{k}": float(gains.sum(1).mean())}
+    return {f"hr@{k}": hits.any(axis=1).astype(np.float64), f"ndcg@{k}": gains.sum(1)}
+
+
+def paired_difference(
+    first: Float[np.ndarray, " users"], second: Float[np.ndarray, " users"]
+) -> dict[str, float]:
+    """The mean of `first - second` over the users both count (NaN: not counted) and its
+    standard error, `std(differences) / sqrt(users)`: how two models' per-user metrics on
+    the same users differ, with the noise the users' own spread leaves in that mean."""
+    first, second = np.asarray(first, np.float64), np.asarray(second, np.float64)
+    if first.shape != second.shape or first.ndim != 1:
+        raise ValueError(
+            f"second: expected shape {first.shape} like first (one figure per user), "
+            f"got {second.shape}"
+        )
+    differences = (first - second)[~(np.isnan(first) | np.isnan(second))]
+    if differences.size < 2:
+        raise ValueError(
+            f"first: expected two or more users counted by both, got {differences.size}"
+        )
+    return {
+        "difference": float(differences.mean()),
+        "standard_error": float(differences.std(ddof=1) / np.sqrt(differences.size)),
+        "users": float(differences.size),
+    }

@@ -159,11 +159,21 @@ def warm_start_ranker(ranker: TrainableRanker, retriever: TrainableRetriever) ->
     layer (user, history and action projections, surface table).
 
     Both models read the user and the history the same way, so the ranker starts from a
-    history encoder that already knows what comes next, and learns from scratch only what is
-    its own: the candidate projection and the action head. Raises ValueError when the two were
-    built with different sizes.
+    history encoder that already knows what comes next. Its candidate projection starts as
+    the history projection without the action rows (`candidate_projection_of`), so a
+    candidate enters the transformer as its item would in the history; only the action head
+    is learned from scratch. Raises ValueError when the two were built with different sizes.
     """
     ranker_input, retriever_input = ranker.model.embedding, retriever.model.embedding
+    candidate_projection = candidate_projection_of(
+        retriever_input.history_projection, ranker.config.emb_size
+    )
+    if candidate_projection.shape != ranker_input.candidate_projection.shape:
+        raise ValueError(
+            f"retriever.embedding.history_projection: expected a candidate projection of shape "
+            f"{ranker_input.candidate_projection.shape} (the ranker's) without its action "
+            f"rows, got {candidate_projection.shape}"
+        )
     prefix_fields = (
         "action_projection",
         "product_surface_table",
@@ -175,6 +185,7 @@ def warm_start_ranker(ranker: TrainableRanker, retriever: TrainableRetriever) ->
             r.tables,
             r.model.transformer,
             *(getattr(r.model.embedding, field) for field in prefix_fields),
+            r.model.embedding.candidate_projection,
         ),
         ranker,
         (
@@ -190,7 +201,20 @@ def warm_start_ranker(ranker: TrainableRanker, retriever: TrainableRetriever) ->
                 )
                 for field in prefix_fields
             ),
+            candidate_projection,
         ),
+    )
+
+
+def candidate_projection_of(
+    history_projection: Float[Array, "history_features emb"], emb_size: int
+) -> Float[Array, "candidate_features emb"]:
+    """A candidate projection that embeds an item as the history projection embeds it, less
+    its action: a history token's features are `[post, author, action, surface]` (each
+    `emb_size` wide per hash), a candidate's the same without the action block."""
+    action_start = history_projection.shape[0] - 2 * emb_size
+    return jnp.concatenate(
+        [history_projection[:action_start], history_projection[action_start + emb_size :]]
     )
 
 

@@ -110,7 +110,10 @@ def test_data_parallel_fit_equals_the_single_device_fit(report):
     for stage in ("retrieval", "ranker"):
         single_metrics, parallel_metrics = (fit[stage] for fit in report["validation"])
         assert single_metrics == pytest.approx(parallel_metrics)
-    assert report["param_diff"] < 1e-5
+    # Adam divides by the gradients' root mean square, so where a gradient is near zero a
+    # reduction-order difference in it moves a parameter by up to a share of the learning
+    # rate (1e-2 here): 1% of it bounds that, far under what training moved (below).
+    assert report["param_diff"] < 1e-4
     assert report["param_change"] > 1e-3  # training moved the parameters: not a vacuous match
     # Each process keeps its own replica on one device, as a single-device fit would.
     assert report["kept_on_one_device"]

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from phoenix_eqx.training import (
     calibration,
     full_ranking_metrics,
+    full_ranking_per_user,
     log_loss,
+    paired_difference,
     per_user_retrieval_metrics,
     pr_auc,
     ranking_metrics,
@@ -260,3 +262,43 @@ def test_full_ranking_rejects_bad_input():
         full_ranking_metrics(np.full((2, 3), np.nan), targets, seen)
     with pytest.raises(ValueError, match="chunk_size"):
         full_ranking_metrics(scores, targets, seen, chunk_size=0)
+
+
+@given(seed=st.integers(0, 2**16))
+def test_paired_difference_of_per_user_metrics(seed):
+    rng = np.random.default_rng(seed)
+    users, items = 9, 15
+    seen = rng.random((users, items)) < 0.3
+    targets = rng.integers(0, items, users)
+    first, second = rng.normal(size=(users, items)), rng.normal(size=(users, items))
+    per_user = [full_ranking_per_user(scores, targets, seen, (5,)) for scores in (first, second)]
+    for mode in ("seen_excluded", "seen_included"):
+        a, b = (result[mode]["hit_rate@5"] for result in per_user)
+        counted = ~(np.isnan(a) | np.isnan(b))
+        if counted.sum() < 2:
+            continue
+        paired = paired_difference(a, b)
+        # The difference of the two averages (both count the same users here) ...
+        means = [
+            full_ranking_metrics(s, targets, seen, (5,))[mode]["hit_rate@5"]
+            for s in (first, second)
+        ]
+        assert paired["difference"] == pytest.approx(means[0] - means[1])
+        # ... with the standard error of a mean of per-user differences.
+        differences = a[counted] - b[counted]
+        assert paired["standard_error"] == pytest.approx(
+            np.std(differences, ddof=1) / np.sqrt(counted.sum())
+        )
+        assert paired["users"] == counted.sum()
+        # Swapping the models flips the sign, not the noise.
+        swapped = paired_difference(b, a)
+        assert swapped["difference"] == pytest.approx(-paired["difference"])
+        assert swapped["standard_error"] == pytest.approx(paired["standard_error"])
+
+
+@library_checks_only()
+def test_paired_difference_rejects_unpaired_input():
+    with pytest.raises(ValueError, match="second: expected shape"):
+        paired_difference(np.zeros(3), np.zeros(4))
+    with pytest.raises(ValueError, match="two or more users"):
+        paired_difference(np.array([1.0, np.nan]), np.array([np.nan, 0.0]))

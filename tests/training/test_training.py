@@ -304,13 +304,13 @@ def test_the_leave_two_out_protocol_evaluates_the_test_items_once(tmp_path, monk
     from phoenix_eqx import train
 
     calls = []
-    evaluate = train.recommender_test_metrics
+    evaluate = train.recommender_test_per_user
 
-    def counted(rec, split, use_ranker):
+    def counted(rec, split, use_ranker, ks):
         calls.append(use_ranker)
-        return evaluate(rec, split, use_ranker)
+        return evaluate(rec, split, use_ranker, ks)
 
-    monkeypatch.setattr(train, "recommender_test_metrics", counted)
+    monkeypatch.setattr(train, "recommender_test_per_user", counted)
     metrics_path = tmp_path / "metrics.json"
     argv = [
         "--dataset=synthetic",
@@ -372,10 +372,27 @@ def test_warm_started_ranker_encodes_the_history_like_the_retriever():
         )
         outputs.append(np.where(valid[..., None], hidden, 0.0))
     np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5)
-    # What only a ranker has is its own: the candidate projection and the action head.
-    np.testing.assert_array_equal(
-        warm.model.embedding.candidate_projection, ranker.model.embedding.candidate_projection
+    # A candidate enters as its item would in the history with no action set.
+    as_candidates = eqx.tree_at(
+        lambda b: (
+            b.candidate_post_hashes,
+            b.candidate_author_hashes,
+            b.candidate_product_surface,
+            b.history_actions,
+        ),
+        batch,
+        (
+            batch.history_post_hashes,
+            batch.history_author_hashes,
+            batch.history_product_surface,
+            jnp.zeros_like(batch.history_actions),
+        ),
     )
+    embeddings = warm.tables(as_candidates)
+    candidates, _ = warm.model.embedding.candidate_tokens(as_candidates, embeddings)
+    history, _ = warm.model.embedding.history_tokens(as_candidates, embeddings)
+    np.testing.assert_allclose(candidates, history, rtol=1e-5, atol=1e-6)
+    # What only a ranker has is its own: the action head.
     np.testing.assert_array_equal(warm.model.unembedding, ranker.model.unembedding)
     smaller = TrainableRanker(ranking_config, 50, 40, 50, key=jax.random.key(1))
     with pytest.raises(ValueError, match="retriever.tables: expected arrays of shapes"):
