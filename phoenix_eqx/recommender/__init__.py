@@ -11,7 +11,8 @@ every position of every sequence as a target (one causal pass per sequence), the
 on the trained retriever's own top results. Each user's last interaction is held out; it alone
 drives early stopping and model selection. `recommend` runs the stages as Phoenix serves:
 retrieval over the whole corpus, then the ranker re-scores those items with candidate
-isolation, ordered by a weighted sum of action probabilities.
+isolation: retrieval's logit plus the ranker's learned correction (`ranker_loss="listwise"`),
+or a weighted sum of action probabilities (`"bce"`).
 
 The package's files are the stages: `options` (`FitOptions`), `index` (ids to rows),
 `batches` and `models` (what both stages feed and train), `retrieval_stage`, `ranker_stage`,
