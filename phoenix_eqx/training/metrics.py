@@ -318,6 +318,8 @@ def full_ranking_per_user(
             raise ValueError(f"ks: expected positive ints, got {k!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected at least 1, got {chunk_size}")
+    # A k given twice is one metric: each user's figure is appended once per k below.
+    ks = tuple(dict.fromkeys(int(k) for k in ks))
     if callable(scores):
         score_rows = scores
     else:

@@ -231,6 +231,8 @@ def test_full_ranking_matches_a_brute_force_oracle(seed, chunk_size):
         lambda rows: scores[rows], targets, seen, ks, ranked_items=ranked, chunk_size=chunk_size
     )
     dense = full_ranking_metrics(scores, targets, seen, ks, ranked_items=ranked)
+    repeated = full_ranking_per_user(scores, targets, seen, (*ks, ks[-1]), ranked_items=ranked)
+    assert all(len(values) == users for values in repeated["seen_included"].values())
     for mode, exclude_seen in (("seen_excluded", True), ("seen_included", False)):
         expected = _oracle_full_ranking(scores, targets, seen, ranked, ks, exclude_seen)
         for name, value in expected.items():
