@@ -43,6 +43,12 @@ def main() -> None:
     parser.add_argument("dataset", choices=["1m", "100k"])
     parser.add_argument("saved", help="a Recommender saved by recommender_validation --save")
     parser.add_argument("--budget", type=float, default=None, help="the ranker's seconds")
+    parser.add_argument(
+        "--weight-scales",
+        default="",
+        help="comma-separated factors: validate the trained ranker again with its action "
+        "weights scaled by each (how strongly its correction is served)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="field=value")
     args = parser.parse_intermixed_args()
     overrides = {}
@@ -90,6 +96,11 @@ def main() -> None:
     )
     ranker, metrics = trained
     gain = validation.ranker_gain(saved.retriever, ranker, options)
+    by_scale = {}
+    for scale in filter(None, args.weight_scales.split(",")):
+        weights = tuple((name, float(scale) * weight) for name, weight in options.action_weights)
+        scaled = dataclasses.replace(options, action_weights=weights)
+        by_scale[scale] = validation.ranker_gain(saved.retriever, ranker, scaled)
     print(
         json.dumps(
             {
@@ -99,6 +110,7 @@ def main() -> None:
                 "retrieval": saved.validation["retrieval"],
                 "ranker": metrics,
                 "ranker_gain": gain,
+                "ranker_gain_by_weight_scale": by_scale,
                 "history": run.history,
             }
         )

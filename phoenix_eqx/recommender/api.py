@@ -15,11 +15,12 @@ from jaxtyping import Float
 from rich.console import Console
 
 from ..data.feature_hashes import SideFeatures, feature_columns, feature_hashes
+from ..data.interactions import rating_actions
 from ..training.loop import Run, ValidationRecord
 from ..training.models import TrainableRanker, TrainableRetriever, warm_start_ranker
 from . import persistence
-from .batches import excluded, windows
-from .index import ItemLookup, as_ids, index_log
+from .batches import ENGAGED_MASK, action_masks, excluded, windows
+from .index import ItemLookup, as_ids, as_numbers, index_log
 from .models import build_models, item_vectors
 from .options import FitOptions
 from .ranker_stage import train_ranker
@@ -43,6 +44,7 @@ class Recommender:
         validation: dict[str, dict[str, float]],
         validation_history: Sequence[ValidationRecord] = (),
         features=None,
+        history_actions: dict[Hashable, np.ndarray] | None = None,
     ):
         """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
 
@@ -51,11 +53,19 @@ class Recommender:
         retrieval alone with standard errors ("hr@10_se"); `validation_history` one
         `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit;
         `features` the side features' hashes (`data.FeatureHashes`) of the items and of the
-        users in `histories` (None: the ids alone).
+        users in `histories` (None: the ids alone); `history_actions` each of those users'
+        action masks (`batches.action_masks`), one per item of `histories` (None: every item
+        engaged, as implicit feedback).
         """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
         self.histories = histories
+        if history_actions is None:
+            history_actions = {
+                user: np.full(items.size, ENGAGED_MASK, np.int32)
+                for user, items in histories.items()
+            }
+        self.history_actions = history_actions
         self.use_ranker = use_ranker
         self.validation = validation
         self.validation_history = [tuple(record) for record in validation_history]
@@ -190,6 +200,10 @@ class Recommender:
                     f"alone (paired, ± one standard error)"
                 )
         histories = dict(zip(log.user_ids, log.sequences, strict=True))
+        history_actions = {
+            user: action_masks(actions)
+            for user, actions in zip(log.user_ids, log.actions, strict=True)
+        }
         recommender = cls(
             retriever,
             ranker,
@@ -200,6 +214,7 @@ class Recommender:
             validation=results,
             validation_history=history,
             features=features,
+            history_actions=history_actions,
         )
         # The budget's overrun, if any, measured to the end: what `time_budget_s` can't cap.
         seconds = time.perf_counter() - start
@@ -220,6 +235,7 @@ class Recommender:
         k: int = 10,
         exclude_seen: bool = True,
         *,
+        ratings: Sequence[Sequence[float | int] | np.ndarray] | None = None,
         use_ranker: bool | None = None,
     ) -> tuple[np.ndarray, Float[np.ndarray, "users k"]]:
         """The top `k` items of each user, best first: original item ids `[U, k]` and scores.
@@ -234,8 +250,13 @@ class Recommender:
         into `fit` (an int64 array when every item id is an int). `use_ranker` overrides
         validation's choice of stages: True re-ranks retrieval's items with the ranker, False
         serves retrieval's order (e.g. to show what each stage does).
+
+        `ratings[i]` (only with `histories`): user `i`'s rating of each item of
+        `histories[i]`, read as `fit` reads ratings (`data.RATING_ACTIONS`). A ranker fit with
+        `ranker_history_actions="logged"` reads them (without them, every item given is
+        engaged; users known from fit bring their logged ones); retrieval never does.
         """
-        request = self._request(user_ids, histories, exclude_seen, use_ranker)
+        request = self._request(user_ids, histories, ratings, exclude_seen, use_ranker)
         if (
             isinstance(k, bool)
             or not isinstance(k, int | np.integer)
@@ -251,6 +272,7 @@ class Recommender:
         histories: Sequence[Sequence[Hashable] | np.ndarray] | None = None,
         exclude_seen: bool = True,
         *,
+        ratings: Sequence[Sequence[float | int] | np.ndarray] | None = None,
         use_ranker: bool | None = None,
     ) -> Float[np.ndarray, "users items"]:
         """Scores `[U, num_items]` of every item for each user, columns in `item_ids` order:
@@ -263,7 +285,7 @@ class Recommender:
         retrieval's order (its dot product shifted below the lowest ranker score).
         `exclude_seen`: the history's items score -inf and are not among those retrieved.
         """
-        request = self._request(user_ids, histories, exclude_seen, use_ranker)
+        request = self._request(user_ids, histories, ratings, exclude_seen, use_ranker)
         scores = np.concatenate(
             [
                 np.asarray(
@@ -298,6 +320,7 @@ class Recommender:
         self,
         user_ids: Sequence[Hashable] | np.ndarray,
         histories: Sequence[Sequence[Hashable] | np.ndarray] | None,
+        ratings: Sequence[Sequence[float | int] | np.ndarray] | None,
         exclude_seen: bool,
         use_ranker: bool | None,
     ) -> "_Request":
@@ -307,11 +330,12 @@ class Recommender:
         users = as_ids(user_ids, "user_ids")
         if not users:
             raise ValueError("user_ids: expected at least one user, got none")
-        sequences = self._sequences(users, histories)
+        sequences, actions = self._sequences(users, histories, ratings)
         return _Request(
             user_hashes=self.features.user_rows(users),
             sequences=sequences,
             windows=windows(sequences, self.options.history_seq_len),
+            action_windows=windows(actions, self.options.history_seq_len),
             exclude_seen=exclude_seen,
             use_ranker=use_ranker,
         )
@@ -326,6 +350,7 @@ class Recommender:
             self._item_hashes,
             request.user_hashes,
             request.windows,
+            request.action_windows,
             excluded(request.sequences if request.exclude_seen else no_items),
             self.options,
             k,
@@ -340,36 +365,60 @@ class Recommender:
         return use_ranker
 
     def _sequences(
-        self, users: list, histories: Sequence[Sequence[Hashable] | np.ndarray] | None
-    ) -> list[np.ndarray]:
-        """Each user's item rows in time order: from `histories` (unknown items dropped, with
-        one warning) or, with None, from fit's log."""
+        self,
+        users: list,
+        histories: Sequence[Sequence[Hashable] | np.ndarray] | None,
+        ratings: Sequence[Sequence[float | int] | np.ndarray] | None,
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Each user's item rows in time order and their action masks: from `histories`
+        (unknown items dropped, with one warning) and `ratings` (None: engaged), or, with None,
+        from fit's log."""
         if histories is None:
+            if ratings is not None:
+                raise ValueError(
+                    "ratings: expected None without histories (users known from fit bring "
+                    "their logged actions), got ratings"
+                )
             unknown = [user for user in users if user not in self.histories]
             if unknown:
                 raise ValueError(
                     f"user_ids: without histories every user must be known from fit, "
                     f"got {len(unknown)} unknown (first {unknown[0]!r})"
                 )
-            return [self.histories[user] for user in users]
+            return (
+                [self.histories[user] for user in users],
+                [self.history_actions[user] for user in users],
+            )
         if isinstance(histories, str | bytes) or len(histories) != len(users):
             raise ValueError(
                 f"histories: expected {len(users)} sequences (one per user), "
                 f"got {len(histories) if hasattr(histories, '__len__') else histories!r}"
             )
-        sequences, dropped = [], 0
+        if ratings is not None and (isinstance(ratings, str | bytes) or len(ratings) != len(users)):
+            raise ValueError(
+                f"ratings: expected {len(users)} sequences (one per history), "
+                f"got {len(ratings) if hasattr(ratings, '__len__') else ratings!r}"
+            )
+        sequences, actions, dropped = [], [], 0
         for index, history in enumerate(histories):
             history = as_ids(history, f"histories[{index}]")
             if not history:
                 raise ValueError(f"histories[{index}]: expected at least one item, got none")
-            known = [self._item_rows[item] for item in history if item in self._item_rows]
+            if ratings is None:
+                masks = np.full(len(history), ENGAGED_MASK, np.int32)
+            else:
+                name, like = f"ratings[{index}]", f"histories[{index}]"
+                given = as_numbers(ratings[index], name, len(history), like)
+                masks = action_masks(rating_actions(given))
+            known = [position for position, item in enumerate(history) if item in self._item_rows]
             dropped += len(history) - len(known)
-            sequences.append(np.array(known, np.int32))
+            sequences.append(np.array([self._item_rows[history[i]] for i in known], np.int32))
+            actions.append(masks[known])
         if dropped:
             warnings.warn(
                 f"histories: dropped {dropped} item ids unknown to the model", stacklevel=3
             )
-        return sequences
+        return sequences, actions
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write the models, options, ids, histories and the side features' hashes into
@@ -381,6 +430,7 @@ class Recommender:
                 options=self.options,
                 item_ids=self.item_ids,
                 histories=self.histories,
+                history_actions=self.history_actions,
                 use_ranker=self.use_ranker,
                 validation=self.validation,
                 validation_history=self.validation_history,
@@ -409,16 +459,19 @@ class Recommender:
             validation=saved.validation,
             validation_history=saved.validation_history,
             features=saved.features,
+            history_actions=saved.history_actions,
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
-    """Users to serve: their hashes, item-row sequences and windows, and how to serve them."""
+    """Users to serve: their hashes, item-row sequences, their windows and the windows' action
+    masks, and how to serve them."""
 
     user_hashes: np.ndarray
     sequences: list[np.ndarray]
     windows: np.ndarray
+    action_windows: np.ndarray
     exclude_seen: bool
     use_ranker: bool
 

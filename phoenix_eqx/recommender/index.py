@@ -40,14 +40,15 @@ def as_ids(values, name: str) -> list:
     return plain
 
 
-def as_numbers(values, name: str, length: int) -> np.ndarray:
-    """`values` as `length` float64 numbers without NaN, or a ValueError naming `name`."""
+def as_numbers(values, name: str, length: int, like: str = "user_ids") -> np.ndarray:
+    """`values` as `length` float64 numbers without NaN (as many as `like` has), or a
+    ValueError naming `name`."""
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{name}: expected numbers, got non-numeric values") from None
     if array.shape != (length,):
-        raise ValueError(f"{name}: expected shape ({length},) like user_ids, got {array.shape}")
+        raise ValueError(f"{name}: expected shape ({length},) like {like}, got {array.shape}")
     if np.isnan(array).any():
         raise ValueError(f"{name}: expected no NaN, got {int(np.isnan(array).sum())}")
     return array

@@ -111,7 +111,8 @@ class OptimizationOptions(_Checked):
     """The last share of each stage over which the rate falls along a half cosine to zero
     (0: never; 1: the whole stage)."""
     patience: int = 5
-    """Epochs without a better validation HR@10 before a stage stops (the best is kept)."""
+    """Epochs without a better validation HR@10 (or equal HR@10 and better NDCG@10) before
+    a stage stops (the best is kept)."""
     time_budget_s: float | None = None
     """Wall-clock cap of `fit`, in seconds from its call (None: the epochs alone end it).
     Checked after every step; each stage keeps its last validation's time free, so the epoch
@@ -204,6 +205,12 @@ class RankerStageOptions(_Checked):
     ranker_warm_start: bool = True
     """Start from the retriever's tables, transformer and history input layer
     (`training.warm_start_ranker`)."""
+    ranker_history_actions: Literal["engaged", "logged"] = "logged"
+    """What the ranker's history tokens say of each item: `"engaged"` (clicked and
+    favorited, as retrieval's always do) or `"logged"`, the log's actions (ratings as
+    `data.RATING_ACTIONS`: a 2-star item is "not interested", a 5-star one also "reposted").
+    `recommend` then reads each known user's logged actions, and those given with its
+    histories."""
     ranker_loss: Literal["listwise", "bce"] = "listwise"
     """`"listwise"`: the residual ranker, retrieval's logit plus a learned correction (zero
     untrained), trained with a softmax over each cut's candidates; `"bce"`: per-action sigmoid
@@ -219,6 +226,7 @@ class RankerStageOptions(_Checked):
             )
         _int(self, "ranker_positions_per_user", 1)
         _bool(self, "ranker_warm_start")
+        _choice(self, "ranker_history_actions", ("engaged", "logged"))
         _choice(self, "ranker_loss", ("listwise", "bce"))
 
     @property

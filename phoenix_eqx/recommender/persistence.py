@@ -3,7 +3,8 @@
 A saved directory holds
 - `recommender.json`: options, item and user ids, validation, the side features' columns;
 - `models.eqx`: `eqx.tree_serialise_leaves` of (retriever, ranker), one .npy record per array;
-- `histories.npz`, `features.npz`: the fitted histories and the side features' hash rows;
+- `histories.npz`, `features.npz`: the fitted histories (item rows and their action masks)
+  and the side features' hash rows;
 - `manifest.json`, written last: each of those four files' size and SHA-256, and the SHA-256
   of its own content.
 
@@ -42,8 +43,10 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from ..config import ACTIONS
 from ..data.feature_hashes import FeatureHashes
 from ..training.models import TrainableRanker, TrainableRetriever
+from .batches import ENGAGED_MASK
 from .models import build_models
 from .options import FitOptions
 
@@ -69,6 +72,7 @@ class Saved:
     options: FitOptions
     item_ids: list
     histories: dict
+    history_actions: dict
     use_ranker: bool
     validation: dict[str, dict[str, float]]
     validation_history: list
@@ -137,6 +141,7 @@ def _encode(saved: Saved) -> dict[str, bytes]:
         "histories.npz": _npz(
             lengths=np.array([s.size for s in sequences], np.int64),
             items=np.concatenate(sequences).astype(np.int32),
+            actions=np.concatenate(list(saved.history_actions.values())).astype(np.int32),
         ),
         "features.npz": _npz(
             item_hashes=saved.features.item_hashes,
@@ -259,7 +264,7 @@ def load(directory: str | os.PathLike, *, verify: bool = True) -> Saved:
     options = _options(meta["options"])
     item_ids, user_ids = _ids(meta, "item_ids"), _ids(meta, "user_ids")
     features = _features(contents["features.npz"], meta["features"], item_ids, user_ids)
-    sequences = _histories(contents["histories.npz"], len(item_ids), len(user_ids))
+    sequences, actions = _histories(contents["histories.npz"], len(item_ids), len(user_ids))
     retriever, ranker = _models(contents["models.eqx"], options, features)
     return Saved(
         retriever=retriever,
@@ -267,6 +272,7 @@ def load(directory: str | os.PathLike, *, verify: bool = True) -> Saved:
         options=options,
         item_ids=item_ids,
         histories=dict(zip(user_ids, sequences, strict=True)),
+        history_actions=dict(zip(user_ids, actions, strict=True)),
         use_ranker=meta["use_ranker"],
         validation=meta["validation"],
         validation_history=[tuple(record) for record in meta["validation_history"]],
@@ -400,15 +406,19 @@ def _ids(meta: dict[str, Any], field: str) -> list:
     return ids
 
 
-def _arrays(name: str, data: bytes, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The integer arrays `keys` of an npz file's bytes (read from memory: no file to close)."""
+def _arrays(
+    name: str, data: bytes, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """The integer arrays `keys` (and those of `optional` it holds) of an npz file's bytes
+    (read from memory: no file to close)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             arrays = {key: stored[key] for key in stored.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{name}: unreadable, the file is damaged: {error}") from None
-    if sorted(arrays) != sorted(keys):
-        raise ValueError(f"{name}: expected arrays {sorted(keys)}, got {sorted(arrays)}")
+    if not set(keys) <= set(arrays) <= {*keys, *optional}:
+        expected = sorted(keys) + ([f"optionally {sorted(optional)}"] if optional else [])
+        raise ValueError(f"{name}: expected arrays {expected}, got {sorted(arrays)}")
     for key, array in arrays.items():
         if not np.issubdtype(array.dtype, np.integer):
             raise ValueError(f"{name}: {key}: expected integers, got {array.dtype}")
@@ -468,9 +478,12 @@ def _features(data: bytes, meta: dict[str, Any], item_ids: list, user_ids: list)
     )
 
 
-def _histories(data: bytes, num_items: int, num_users: int) -> list[np.ndarray]:
-    """Each user's item rows, in recommender.json's user order."""
-    arrays = _arrays("histories.npz", data, ("lengths", "items"))
+def _histories(
+    data: bytes, num_items: int, num_users: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each user's item rows and their action masks, in recommender.json's user order (saves
+    from before action masks: every item engaged)."""
+    arrays = _arrays("histories.npz", data, ("lengths", "items"), optional=("actions",))
     lengths, items = arrays["lengths"], arrays["items"]
     if lengths.shape != (num_users,):
         raise ValueError(
@@ -489,7 +502,19 @@ def _histories(data: bytes, num_items: int, num_users: int) -> list[np.ndarray]:
             f"histories.npz: items: expected item rows in 1..{num_items}, "
             f"got {items.min()}..{items.max()}"
         )
-    return np.split(items, np.cumsum(lengths)[:-1])
+    actions = arrays.get("actions", np.full(items.shape, ENGAGED_MASK, np.int32))
+    if actions.shape != items.shape:
+        raise ValueError(
+            f"histories.npz: actions: expected shape {items.shape} (one per item), "
+            f"got {actions.shape}"
+        )
+    if actions.size and (actions.min() < 0 or actions.max() >= 1 << len(ACTIONS)):
+        raise ValueError(
+            f"histories.npz: actions: expected action masks in 0..{(1 << len(ACTIONS)) - 1}, "
+            f"got {actions.min()}..{actions.max()}"
+        )
+    bounds = np.cumsum(lengths)[:-1]
+    return np.split(items, bounds), np.split(actions.astype(np.int32), bounds)
 
 
 def _skeleton(

@@ -20,7 +20,7 @@ from ..data.feature_hashes import FeatureHashes
 from ..training.loop import Run, StageClock, on_mesh, run_stage
 from ..training.losses import listwise_loss, ranking_loss
 from ..training.models import TrainableRanker, TrainableRetriever
-from .batches import padded_rows, recsys_batch, training_rows
+from .batches import action_masks, padded_rows, recsys_batch, training_rows, unpack_actions, windows
 from .models import item_vectors
 from .options import FitOptions
 from .two_stage import residual_scores, top_unseen
@@ -71,15 +71,6 @@ def retrieval_logits(
     return dots / retriever.temperature
 
 
-def _action_windows(actions: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """`[*shape, len(ACTIONS)]`: each user's latest actions, aligned with its window."""
-    windows_of_actions = np.zeros((*shape, len(ACTIONS)), np.float32)
-    for row, user_actions in enumerate(actions):
-        latest = user_actions[-shape[1] :]
-        windows_of_actions[row, : latest.shape[0]] = latest
-    return windows_of_actions
-
-
 def train_ranker(
     ranker: TrainableRanker,
     retriever: TrainableRetriever,
@@ -96,7 +87,8 @@ def train_ranker(
     and cuts each at `ranker_positions_per_user` random positions: a cut's candidates are its
     true next item plus negatives drawn from the retriever's top `num_retrieved` for that
     prefix, scored against the cut prefix (`TrainableRanker.score_at_cuts`)
-    (`sequences[i]`, `actions[i]` are `users[i]`'s). With a mesh, data-parallel over it.
+    (`sequences[i]`, `actions[i]` are `users[i]`'s; with `ranker_history_actions="logged"`
+    the ranker's history tokens carry `actions`). With a mesh, data-parallel over it.
 
     `ranker_loss="bce"`: per-action sigmoid cross-entropy of the candidates' actions, from the
     ranker as given. `"listwise"`: the ranker's head is zeroed first
@@ -121,10 +113,12 @@ def train_ranker(
     item_hashes = jnp.asarray(features.item_hashes)
     vectors = item_vectors(retriever, item_hashes)
     user_hashes, history_windows = training_rows(sequences, users, features, history_seq_len)
+    # Each window's action masks: the BCE's labels, and what the ranker's history says with
+    # `ranker_history_actions="logged"` (the padding row last, as `training_rows` puts it).
+    action_windows = windows([action_masks(a) for a in actions] + [np.zeros(0)], history_seq_len)
+    history_actions = action_windows if options.ranker_history_actions == "logged" else None
     lengths = np.array([min(sequence.size, history_seq_len) for sequence in sequences] + [1])
     listwise = options.residual_ranker
-    # Per-action labels are the BCE's alone (at MovieLens-1M's size they take 92 MB).
-    action_windows = None if listwise else _action_windows(actions, history_windows.shape)
     loss_weights = jnp.asarray(options.weight_vector() != 0, jnp.float32)
     action_weights = jnp.asarray(options.weight_vector())
 
@@ -194,11 +188,17 @@ def train_ranker(
                 targets = np.where(candidates > 0, base, 0.0).astype(np.float32)
             else:
                 targets = np.zeros((*candidates.shape, len(ACTIONS)), np.float32)
-                targets[:, 0] = action_windows[cut_users, cut_items]
+                targets[:, 0] = unpack_actions(action_windows[cut_users, cut_items])
             empty = np.zeros((batch_size, 0), np.int32)
             yield on_mesh(
                 (
-                    recsys_batch(user_hashes[rows], history_windows[rows], empty, item_hashes),
+                    recsys_batch(
+                        user_hashes[rows],
+                        history_windows[rows],
+                        empty,
+                        item_hashes,
+                        None if history_actions is None else history_actions[rows],
+                    ),
                     jnp.asarray(cut_rows),
                     jnp.asarray(cut_items + 1),  # the user token and the kept items
                     recsys_batch(user_hashes[cut_users], histories, candidates, item_hashes),

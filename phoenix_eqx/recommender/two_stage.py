@@ -101,6 +101,7 @@ def two_stage(
     item_hashes: Int[Array, "rows item_hashes"],
     users: Int[Array, "batch user_hashes"],
     histories: Int[Array, "batch history"],
+    history_actions: Int[Array, "batch history"] | None,
     exclude: Int[Array, "batch excluded"],
     action_weights: Float[Array, " actions"],
     num_retrieved: int,
@@ -109,8 +110,9 @@ def two_stage(
     """Retrieve `num_retrieved` rows, then order them by the ranker: with `residual`, by
     `residual_scores` of retrieval's logit (the dot product over the retriever's temperature,
     the logit it was trained with); otherwise by its weighted action probabilities. Without a
-    ranker the retrieval order is final (dot products as scores). Callers keep the first `k`:
-    one compilation serves every `k`.
+    ranker the retrieval order is final (dot products as scores). The ranker reads
+    `history_actions` (`recsys_batch`; None: every item engaged), retrieval never does.
+    Callers keep the first `k`: one compilation serves every `k`.
 
     A residual ranker whose head is zero serves retrieval's order exactly: dividing by the
     temperature never reverses two scores (it may tie them), and `lax.top_k` breaks ties
@@ -120,7 +122,8 @@ def two_stage(
     retrieved, retrieval_scores = top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
     if ranker is None:
         return retrieved, retrieval_scores
-    logits = ranker(recsys_batch(users, histories, jnp.maximum(retrieved, 0), item_hashes))
+    candidates = jnp.maximum(retrieved, 0)
+    logits = ranker(recsys_batch(users, histories, candidates, item_hashes, history_actions))
     if residual:
         scores = residual_scores(retrieval_scores / retriever.temperature, logits, action_weights)
     else:
@@ -159,16 +162,20 @@ def rank_in_chunks(
     item_hashes: Int[Array, "rows item_hashes"],
     users: np.ndarray,
     histories: np.ndarray,
+    history_actions: np.ndarray | None,
     excluded: np.ndarray,
     options: FitOptions,
     k: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays, serving as
-    `options` say (`num_retrieved`, `action_weights`, `residual_ranker`)."""
+    `options` say (`num_retrieved`, `action_weights`, `residual_ranker`, and whether the
+    ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`)."""
     num_users = histories.shape[0]
     num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
     chunk = chunk_size(num_users, item_vectors.shape[0])
     weights = jnp.asarray(options.weight_vector())
+    if options.ranker_history_actions == "engaged":
+        history_actions = None
     indices, scores = [], []
     for start in range(0, num_users, chunk):
         rows = np.arange(start, min(start + chunk, num_users))
@@ -180,6 +187,7 @@ def rank_in_chunks(
             item_hashes,
             jnp.asarray(users[padded]),
             jnp.asarray(histories[padded]),
+            None if history_actions is None else jnp.asarray(history_actions[padded]),
             jnp.asarray(excluded[padded]),
             weights,
             num_retrieved,

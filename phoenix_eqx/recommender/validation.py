@@ -11,7 +11,7 @@ from jaxtyping import Array, Int
 from ..data.feature_hashes import FeatureHashes
 from ..training.metrics import paired_difference, ranked_list_per_user
 from ..training.models import TrainableRanker, TrainableRetriever
-from .batches import excluded, windows
+from .batches import action_masks, excluded, windows
 from .index import IndexedLog
 from .models import item_vectors
 from .options import FitOptions
@@ -20,11 +20,12 @@ from .two_stage import rank_in_chunks
 
 @dataclasses.dataclass(frozen=True)
 class Validation:
-    """Each validation user's hashes, training sequence and held-out last item, and the
-    hashes of every item row."""
+    """Each validation user's hashes, training sequence (its window of items and their action
+    masks) and held-out last item, and the hashes of every item row."""
 
     users: np.ndarray
     histories: np.ndarray
+    history_actions: np.ndarray
     excluded: np.ndarray
     targets: np.ndarray
     item_hashes: Int[Array, "rows item_hashes"]
@@ -88,6 +89,7 @@ class Validation:
             self.item_hashes,
             self.users,
             self.histories,
+            self.history_actions,
             self.excluded,
             options,
             k,
@@ -111,6 +113,9 @@ def hold_out_last(
     validation = Validation(
         users=features.user_rows([log.user_ids[i] for i in held_out]),
         histories=windows([train[i] for i in held_out], history_seq_len),
+        history_actions=windows(
+            [action_masks(train_actions[i]) for i in held_out], history_seq_len
+        ),
         excluded=excluded([train[i] for i in held_out]),
         targets=np.array([log.sequences[i][-1] for i in held_out]),
         item_hashes=jnp.asarray(features.item_hashes),

@@ -105,9 +105,11 @@ def run_stage(
     model: PyTree, objective: Objective, stage: Stage, run: Run
 ) -> tuple[PyTree, dict[str, float]]:
     """Train `model` on `objective` as `stage` says; returns the epoch with the best validation
-    HR@10 and its metrics. The objective's aux has the step's "loss" and "targets" (how many
-    it trained); a non-finite loss raises `NonFiniteLossError` at once (the loop reads every
-    step's loss anyway, so the check costs no device sync). The rate follows `stage.schedule`
+    HR@10 (of equal HR@10, the better NDCG@10: it tells apart orders that HR@10, which only
+    asks whether the item is in the top 10, cannot) and its metrics. The objective's aux has
+    the step's "loss" and "targets" (how many it trained); a non-finite loss raises
+    `NonFiniteLossError` at once (the loop reads every step's loss anyway, so the check costs
+    no device sync). The rate follows `stage.schedule`
     over the stage's progress: the larger of its time used (to `deadline`, counting the
     validation time kept free before it, so a decay ends where training does) and its steps
     done (of `epochs * steps`).
@@ -120,7 +122,7 @@ def run_stage(
     optimizer = stage.schedule.optimizer()
     step = _train_step(objective, optimizer, run.mesh)
     opt_state = init_optimizer(optimizer, model)
-    best, best_metrics, best_epoch, stale = model, {"hr@10": -1.0}, 0, 0
+    best, best_metrics, best_epoch, stale = model, {"hr@10": -1.0, "ndcg@10": -1.0}, 0, 0
     clock = StageClock(time.perf_counter(), stage.deadline, run.mesh)
     time_used, steps_done, first_step_s = 0.0, 0, 0.0
     # The last validation's seconds (0 before the first): kept free before the deadline.
@@ -167,14 +169,18 @@ def run_stage(
                 f"{summary}  valid HR@10 {metrics['hr@10']:.4f}  NDCG@10 "
                 f"{metrics['ndcg@10']:.4f}  ({rate:,.0f} targets/s)"
             )
-            # A strictly better HR@10 replaces the best epoch.
-            if metrics["hr@10"] > best_metrics["hr@10"]:
+            if _quality(metrics) > _quality(best_metrics):
                 best, best_metrics, best_epoch, stale = replica, metrics, epoch, 0
             else:
                 stale += 1
             if stale >= stage.patience or clock.fraction_used(validation_s) >= 1.0:
                 break
     return best, best_metrics
+
+
+def _quality(metrics: dict[str, float]) -> tuple[float, float]:
+    """What a better epoch has more of: HR@10, then NDCG@10."""
+    return metrics["hr@10"], metrics["ndcg@10"]
 
 
 def _non_finite_message(stage: Stage, epoch: int, step: int, loss: float) -> str:

@@ -85,6 +85,8 @@ def _assert_same_recommender(expected: px.Recommender, loaded: px.Recommender) -
         np.testing.assert_array_equal(want, got)
     assert loaded.options == expected.options and loaded.item_ids == expected.item_ids
     assert loaded.validation == expected.validation
+    for user, actions in expected.history_actions.items():
+        np.testing.assert_array_equal(loaded.history_actions[user], actions)
 
 
 def test_a_save_overwrites_a_previous_one_in_place(rec, tmp_path, monkeypatch):
@@ -140,6 +142,7 @@ def test_an_interrupted_save_leaves_the_previous_save(rec, saved, tmp_path, monk
         options=dataclasses.replace(rec.options, seed=1),
         item_ids=rec.item_ids,
         histories=rec.histories,
+        history_actions=rec.history_actions,
         use_ranker=not rec.use_ranker,
         validation={},
         validation_history=[],
@@ -266,6 +269,16 @@ def _rewrite_npz(name: str, **changes: Callable[[np.ndarray], np.ndarray]):
             r"histories.npz: items: expected item rows in 1..8",
         ),
         (
+            "histories.npz",
+            _rewrite_npz("histories.npz", actions=lambda masks: masks + (1 << len(px.ACTIONS))),
+            r"histories.npz: actions: expected action masks in 0\.\.524287",
+        ),
+        (
+            "histories.npz",
+            _rewrite_npz("histories.npz", actions=lambda masks: masks[:-1]),
+            r"histories.npz: actions: expected shape \(360,\) \(one per item\)",
+        ),
+        (
             "features.npz",
             _rewrite_npz("features.npz", user_hashes=lambda rows: rows[:-1]),
             r"features.npz: user_hashes: expected shape \(60, 1\)",
@@ -281,6 +294,8 @@ def _rewrite_npz(name: str, **changes: Callable[[np.ndarray], np.ndarray]):
         "item_ids edited",
         "user_ids edited",
         "history items out of range",
+        "history actions out of range",
+        "history actions cut",
         "user hashes cut",
     ],
 )
@@ -306,6 +321,10 @@ def test_verify_false_skips_only_the_checksums_and_reads_format_2(rec, saved, tm
     # A save from before checksums: format 2, no manifest.
     (directory / persistence.MANIFEST).unlink()
     _edit_json(directory, lambda meta: meta.__setitem__("format_version", 2))
+    # Nor action masks: each item engaged, as it is in this implicit-feedback log.
+    with np.load(directory / "histories.npz") as stored:
+        arrays = {key: stored[key] for key in ("lengths", "items")}
+    np.savez(directory / "histories.npz", **arrays)
     with pytest.raises(ValueError, match=r"missing \['manifest.json'\].*verify=False"):
         px.Recommender.load(directory)
     _assert_same_recommender(rec, px.Recommender.load(directory, verify=False))
