@@ -184,9 +184,10 @@ def run(args: argparse.Namespace, console: Console) -> dict:
                 for metric in ("hit_rate@10", "ndcg@10")
             },
         }
-        ranker_gain["test"][f"retrieval_recall@{retrieved}"] = float(
-            users_mean(per_user["retrieval"])["seen_excluded"][f"hit_rate@{retrieved}"]
-        )
+        retrieval_test = results[stages[0][0]]["test"]["seen_excluded"]
+        ranker_gain["test"][f"retrieval_recall@{retrieved}"] = retrieval_test[
+            f"hit_rate@{retrieved}"
+        ]
         test_gain = ranker_gain["test"]["hit_rate@10"]
         console.print(
             f"ranker over retrieval alone, test HR@10 (history excluded, paired): "

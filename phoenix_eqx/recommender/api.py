@@ -19,8 +19,8 @@ from ..data.interactions import rating_actions
 from ..training.loop import Run, ValidationRecord
 from ..training.models import TrainableRanker, TrainableRetriever, warm_start_ranker
 from . import persistence
-from .batches import ENGAGED_MASK, action_masks, excluded, windows
-from .index import ItemLookup, as_ids, as_numbers, index_log
+from .batches import excluded, windows
+from .index import ItemLookup, action_masks, as_ids, as_numbers, engaged_masks, index_log
 from .models import build_models, item_vectors
 from .options import FitOptions
 from .ranker_stage import train_ranker
@@ -54,17 +54,14 @@ class Recommender:
         `(seconds since fit started, stage, epoch, HR@10)` record per validation run by fit;
         `features` the side features' hashes (`data.FeatureHashes`) of the items and of the
         users in `histories` (None: the ids alone); `history_actions` each of those users'
-        action masks (`batches.action_masks`), one per item of `histories` (None: every item
+        action masks (`index.action_masks`), one per item of `histories` (None: every item
         engaged, as implicit feedback).
         """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
         self.histories = histories
         if history_actions is None:
-            history_actions = {
-                user: np.full(items.size, ENGAGED_MASK, np.int32)
-                for user, items in histories.items()
-            }
+            history_actions = {user: engaged_masks(items.size) for user, items in histories.items()}
         self.history_actions = history_actions
         self.use_ranker = use_ranker
         self.validation = validation
@@ -200,10 +197,7 @@ class Recommender:
                     f"alone (paired, ± one standard error)"
                 )
         histories = dict(zip(log.user_ids, log.sequences, strict=True))
-        history_actions = {
-            user: action_masks(actions)
-            for user, actions in zip(log.user_ids, log.actions, strict=True)
-        }
+        history_actions = dict(zip(log.user_ids, log.actions, strict=True))
         recommender = cls(
             retriever,
             ranker,
@@ -405,7 +399,7 @@ class Recommender:
             if not history:
                 raise ValueError(f"histories[{index}]: expected at least one item, got none")
             if ratings is None:
-                masks = np.full(len(history), ENGAGED_MASK, np.int32)
+                masks = engaged_masks(len(history))
             else:
                 name, like = f"ratings[{index}]", f"histories[{index}]"
                 given = as_numbers(ratings[index], name, len(history), like)

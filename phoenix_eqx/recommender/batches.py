@@ -7,28 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from ..config import ACTIONS
 from ..data.feature_hashes import FeatureHashes
 from ..inputs import RecsysBatch
-from .index import engaged_actions
-
-# Bit `a` of an action mask is action `a` (`ACTIONS`): a window of actions is kept as one
-# int32 per item, 19x smaller than multi-hot float32 (MovieLens-1M's would take 92 MB).
-ACTION_BITS = 1 << np.arange(len(ACTIONS), dtype=np.int64)
-
-
-def action_masks(actions: np.ndarray) -> np.ndarray:
-    """`[..., len(ACTIONS)]` 0/1 actions as `[...]` int32 bit masks (bit `a`: action `a`)."""
-    return ((np.asarray(actions) > 0) @ ACTION_BITS).astype(np.int32)
-
-
-def unpack_actions(masks):
-    """Bit masks back to 0/1 float32 actions `[..., len(ACTIONS)]` (NumPy or JAX arrays)."""
-    bits = masks[..., None] >> np.arange(len(ACTIONS), dtype=np.int32)
-    return (bits & 1).astype(np.float32)
-
-
-ENGAGED_MASK = int(action_masks(engaged_actions(1))[0])
+from .index import ENGAGED_MASK, unpack_actions
 
 
 def windows(sequences: list[np.ndarray], history_seq_len: int) -> np.ndarray:
@@ -81,7 +62,7 @@ def recsys_batch(
 ) -> RecsysBatch:
     """Item rows as Phoenix features: post hashes `item_hashes[row]` (`FeatureHashes`), one
     shared author row, surface 0; `users` are the users' hashes. `history_actions` are the
-    history items' action masks (`action_masks`); None: every item engaged (clicked and
+    history items' action masks (`index.action_masks`); None: every item engaged (clicked and
     favorited), as a bare list of item ids says."""
     histories, candidates = jnp.asarray(histories), jnp.asarray(candidates)
     item_hashes = jnp.asarray(item_hashes, jnp.int32)

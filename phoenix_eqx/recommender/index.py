@@ -18,6 +18,10 @@ from ..data.interactions import rating_actions
 
 # Implicit feedback: every row is an engagement, seen as a click and a favorite.
 ENGAGED = ("click_score", "favorite_score")
+# Bit `a` of an action mask is action `a` (`ACTIONS`): a log's actions are kept as one int32
+# per interaction, 19x smaller than multi-hot float32 (MovieLens-1M's would take 76 MB).
+ACTION_BITS = 1 << np.arange(len(ACTIONS), dtype=np.int64)
+ENGAGED_MASK = sum(1 << ACTIONS.index(name) for name in ENGAGED)
 
 
 def as_ids(values, name: str) -> list:
@@ -54,17 +58,26 @@ def as_numbers(values, name: str, length: int, like: str = "user_ids") -> np.nda
     return array
 
 
-def engaged_actions(count: int) -> np.ndarray:
-    """`[count, len(ACTIONS)]` actions of implicit feedback: each row clicked and favorited."""
-    actions = np.zeros((count, len(ACTIONS)), np.float32)
-    actions[:, [ACTIONS.index(name) for name in ENGAGED]] = 1.0
-    return actions
+def action_masks(actions: np.ndarray) -> np.ndarray:
+    """`[..., len(ACTIONS)]` 0/1 actions as `[...]` int32 bit masks (bit `a`: action `a`)."""
+    return ((np.asarray(actions) > 0) @ ACTION_BITS).astype(np.int32)
+
+
+def unpack_actions(masks):
+    """Bit masks back to 0/1 float32 actions `[..., len(ACTIONS)]` (NumPy or JAX arrays)."""
+    bits = masks[..., None] >> np.arange(len(ACTIONS), dtype=np.int32)
+    return (bits & 1).astype(np.float32)
+
+
+def engaged_masks(count: int) -> np.ndarray:
+    """`[count]` action masks of implicit feedback: each interaction clicked and favorited."""
+    return np.full(count, ENGAGED_MASK, np.int32)
 
 
 @dataclasses.dataclass(frozen=True)
 class IndexedLog:
-    """A validated log: items as rows `1..num_items`, each user's rows and actions in time
-    order (`sequences[i]`, `actions[i]` are `user_ids[i]`'s)."""
+    """A validated log: items as rows `1..num_items`, each user's rows and their action masks
+    (`action_masks`) in time order (`sequences[i]`, `actions[i]` are `user_ids[i]`'s)."""
 
     item_ids: list
     user_ids: list
@@ -83,9 +96,9 @@ def index_log(user_ids, item_ids, timestamps, ratings) -> IndexedLog:
         raise ValueError(f"item_ids: expected {len(users)} ids like user_ids, got {len(items)}")
     times = as_numbers(timestamps, "timestamps", len(users))
     engagement = (
-        engaged_actions(len(users))
+        engaged_masks(len(users))
         if ratings is None
-        else rating_actions(as_numbers(ratings, "ratings", len(users)))
+        else action_masks(rating_actions(as_numbers(ratings, "ratings", len(users))))
     )
     item_rows: dict[Hashable, int] = {}
     rows = np.array([item_rows.setdefault(item, len(item_rows) + 1) for item in items], np.int32)

@@ -46,7 +46,7 @@ import numpy as np
 from ..config import ACTIONS
 from ..data.feature_hashes import FeatureHashes
 from ..training.models import TrainableRanker, TrainableRetriever
-from .batches import ENGAGED_MASK
+from .index import engaged_masks
 from .models import build_models
 from .options import FitOptions
 
@@ -502,7 +502,7 @@ def _histories(
             f"histories.npz: items: expected item rows in 1..{num_items}, "
             f"got {items.min()}..{items.max()}"
         )
-    actions = arrays.get("actions", np.full(items.shape, ENGAGED_MASK, np.int32))
+    actions = arrays.get("actions", engaged_masks(items.size))
     if actions.shape != items.shape:
         raise ValueError(
             f"histories.npz: actions: expected shape {items.shape} (one per item), "

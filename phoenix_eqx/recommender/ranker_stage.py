@@ -20,7 +20,8 @@ from ..data.feature_hashes import FeatureHashes
 from ..training.loop import Run, StageClock, on_mesh, run_stage
 from ..training.losses import listwise_loss, ranking_loss
 from ..training.models import TrainableRanker, TrainableRetriever
-from .batches import action_masks, padded_rows, recsys_batch, training_rows, unpack_actions, windows
+from .batches import padded_rows, recsys_batch, training_rows, windows
+from .index import unpack_actions
 from .models import item_vectors
 from .options import FitOptions
 from .two_stage import residual_scores, top_unseen
@@ -87,8 +88,9 @@ def train_ranker(
     and cuts each at `ranker_positions_per_user` random positions: a cut's candidates are its
     true next item plus negatives drawn from the retriever's top `num_retrieved` for that
     prefix, scored against the cut prefix (`TrainableRanker.score_at_cuts`)
-    (`sequences[i]`, `actions[i]` are `users[i]`'s; with `ranker_history_actions="logged"`
-    the ranker's history tokens carry `actions`). With a mesh, data-parallel over it.
+    (`sequences[i]` and its action masks `actions[i]` are `users[i]`'s; with
+    `ranker_history_actions="logged"` the ranker's history tokens carry `actions`). With a
+    mesh, data-parallel over it.
 
     `ranker_loss="bce"`: per-action sigmoid cross-entropy of the candidates' actions, from the
     ranker as given. `"listwise"`: the ranker's head is zeroed first
@@ -115,7 +117,7 @@ def train_ranker(
     user_hashes, history_windows = training_rows(sequences, users, features, history_seq_len)
     # Each window's action masks: the BCE's labels, and what the ranker's history says with
     # `ranker_history_actions="logged"` (the padding row last, as `training_rows` puts it).
-    action_windows = windows([action_masks(a) for a in actions] + [np.zeros(0)], history_seq_len)
+    action_windows = windows([*actions, np.zeros(0, np.int32)], history_seq_len)
     history_actions = action_windows if options.ranker_history_actions == "logged" else None
     lengths = np.array([min(sequence.size, history_seq_len) for sequence in sequences] + [1])
     listwise = options.residual_ranker

@@ -11,7 +11,7 @@ from jaxtyping import Array, Int
 from ..data.feature_hashes import FeatureHashes
 from ..training.metrics import paired_difference, ranked_list_per_user
 from ..training.models import TrainableRanker, TrainableRetriever
-from .batches import action_masks, excluded, windows
+from .batches import excluded, windows
 from .index import IndexedLog
 from .models import item_vectors
 from .options import FitOptions
@@ -100,7 +100,7 @@ class Validation:
 def hold_out_last(
     log: IndexedLog, features: FeatureHashes, history_seq_len: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], Validation]:
-    """Each user's training sequence and actions (all but the last interaction of a user with
+    """Each user's training sequence and action masks (all but the last interaction of a user with
     two or more) and the `Validation` of those held-out last items."""
     held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
     if not held_out:
@@ -109,13 +109,11 @@ def hold_out_last(
             "held out for validation), got none"
         )
     train = [sequence[:-1] if sequence.size >= 2 else sequence for sequence in log.sequences]
-    train_actions = [actions[:-1] if actions.shape[0] >= 2 else actions for actions in log.actions]
+    train_actions = [actions[:-1] if actions.size >= 2 else actions for actions in log.actions]
     validation = Validation(
         users=features.user_rows([log.user_ids[i] for i in held_out]),
         histories=windows([train[i] for i in held_out], history_seq_len),
-        history_actions=windows(
-            [action_masks(train_actions[i]) for i in held_out], history_seq_len
-        ),
+        history_actions=windows([train_actions[i] for i in held_out], history_seq_len),
         excluded=excluded([train[i] for i in held_out]),
         targets=np.array([log.sequences[i][-1] for i in held_out]),
         item_hashes=jnp.asarray(features.item_hashes),

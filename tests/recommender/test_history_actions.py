@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import phoenix_eqx as px
-from phoenix_eqx.recommender.batches import ENGAGED_MASK, action_masks, unpack_actions
+from phoenix_eqx.recommender.index import ENGAGED_MASK, action_masks, unpack_actions
 
 from ..helpers import library_checks_only
 
