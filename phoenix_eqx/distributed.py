@@ -308,6 +308,7 @@ def data_parallel(
 
 
 def _is_placed(x: Any, mesh: Mesh) -> bool:
-    """Already laid out on this mesh (left as the caller placed it)."""
+    """Already laid out on this mesh (left as the caller placed it: a replicated scalar such as
+    a step's PRNG key too)."""
     sharding = getattr(x, "sharding", None)
-    return isinstance(sharding, NamedSharding) and sharding.mesh == mesh and jnp.ndim(x) > 0
+    return isinstance(sharding, NamedSharding) and sharding.mesh == mesh

@@ -35,14 +35,24 @@ def _int(options, name: str, minimum: int, maximum: int | None = None) -> None:
     object.__setattr__(options, name, int(value))
 
 
-def _float(options, name: str, *, low: float, high: float, closed_low: bool = True) -> None:
+def _float(
+    options,
+    name: str,
+    *,
+    low: float,
+    high: float,
+    closed_low: bool = True,
+    closed_high: bool = True,
+) -> None:
     value = getattr(options, name)
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
         raise ValueError(f"{name}: expected a number, got {value!r} ({type(value).__name__})")
     value = float(value)
-    inside = (value >= low if closed_low else value > low) and value <= high
+    inside = (value >= low if closed_low else value > low) and (
+        value <= high if closed_high else value < high
+    )
     if not math.isfinite(value) or not inside:
-        interval = f"{'[' if closed_low else '('}{low}, {high}]"
+        interval = f"{'[' if closed_low else '('}{low}, {high}{']' if closed_high else ')'}"
         raise ValueError(f"{name}: expected a finite number in {interval}, got {value}")
     object.__setattr__(options, name, value)
 
@@ -106,7 +116,11 @@ class OptimizationOptions(_Checked):
     batch_size: int = 16
     """Sequences of the full `history_seq_len` per step (proportionally more shorter ones)."""
     learning_rate: float = 2e-3
-    """Adam's learning rate (gradients clipped to global norm 1)."""
+    """Retrieval's Adam learning rate (gradients clipped to global norm 1); the ranker has
+    its own, `ranker_learning_rate`."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay for both stages (0: Adam): each step every matrix,
+    embedding tables included, shrinks by `rate * weight_decay` of itself."""
     learning_rate_decay_share: float = 0.0
     """The last share of each stage over which the rate falls along a half cosine to zero
     (0: never; 1: the whole stage)."""
@@ -133,6 +147,7 @@ class OptimizationOptions(_Checked):
     def _check(self):
         _int(self, "batch_size", 1)
         _float(self, "learning_rate", low=0.0, high=math.inf, closed_low=False)
+        _float(self, "weight_decay", low=0.0, high=math.inf)
         _float(self, "learning_rate_decay_share", low=0.0, high=1.0)
         _int(self, "patience", 1)
         if self.time_budget_s is not None:
@@ -140,13 +155,16 @@ class OptimizationOptions(_Checked):
         _float(self, "retrieval_share", low=0.0, high=1.0, closed_low=False)
         _int(self, "seed", 0, MAX_SEED)
 
-    def schedule(self) -> Schedule:
-        """Each stage's optimiser and learning-rate schedule."""
-        return Schedule(self.learning_rate, self.learning_rate_decay_share)
+    def schedule(self, learning_rate: float | None = None) -> Schedule:
+        """A stage's optimiser and learning-rate schedule: Adam(W) at `learning_rate` (None:
+        the `learning_rate` field), decaying as `learning_rate_decay_share` says."""
+        rate = self.learning_rate if learning_rate is None else learning_rate
+        return Schedule(rate, self.learning_rate_decay_share, self.weight_decay)
 
     def stage(
         self,
         name: str,
+        learning_rate: float,
         epochs: int,
         steps: int,
         deadline: float,
@@ -156,7 +174,7 @@ class OptimizationOptions(_Checked):
         """A stage of `fit` that steps and stops as these options say (`training.loop`)."""
         return Stage(
             name=name,
-            schedule=self.schedule(),
+            schedule=self.schedule(learning_rate),
             epochs=epochs,
             steps=steps,
             patience=self.patience,
@@ -177,9 +195,14 @@ class RetrievalStageOptions(_Checked):
     correction; `"auto"`: full up to `full_softmax_max_items` items."""
     full_softmax_max_items: int = 50_000
     """The most items `"auto"` trains with the full softmax."""
+    dropout: float = 0.0
+    """Share of the history's embedding entries each retrieval step zeroes (inverted
+    dropout: the rest scale by `1 / (1 - dropout)`), against overfitting a small log;
+    0: none. Serving and validation never drop."""
 
     def _check(self):
         _int(self, "epochs", 1)
+        _float(self, "dropout", low=0.0, high=1.0, closed_high=False)
         _choice(self, "loss", ("auto", "full", "sampled"))
         _int(self, "full_softmax_max_items", 1)
 
@@ -198,6 +221,10 @@ class RankerStageOptions(_Checked):
 
     ranker_epochs: int = 10
     """Most passes over the users (0: no ranker)."""
+    ranker_learning_rate: float = 1e-3
+    """The ranker's Adam learning rate (retrieval's is `learning_rate`): the residual ranker
+    starts at retrieval's order and refines it, so it steps more gently (chosen on
+    MovieLens-1M validation, docs/recommender.md)."""
     ranker_candidates: int = 32
     """Candidates per cut: the positive and `ranker_candidates - 1` negatives (>= 2)."""
     ranker_positions_per_user: int = 8
@@ -218,6 +245,7 @@ class RankerStageOptions(_Checked):
 
     def _check(self):
         _int(self, "ranker_epochs", 0)
+        _float(self, "ranker_learning_rate", low=0.0, high=math.inf, closed_low=False)
         _int(self, "ranker_candidates", 1)
         if self.ranker_candidates < 2:
             raise ValueError(

@@ -213,7 +213,9 @@ def train_ranker(
         return validation.metrics(retriever, model, options)
 
     epochs = options.ranker_epochs
-    stage = options.stage("ranker", epochs, steps, deadline, epoch_examples, evaluate)
+    stage = options.stage(
+        "ranker", options.ranker_learning_rate, epochs, steps, deadline, epoch_examples, evaluate
+    )
     if listwise:
         return run_stage(ranker.with_zero_head(), listwise_objective, stage, run)
     return run_stage(ranker, bce_objective, stage, run)

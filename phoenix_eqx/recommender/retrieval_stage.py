@@ -1,6 +1,9 @@
 """The retrieval stage of `fit`: all-positions training, every position of every sequence a
 target in one causal pass, sequences batched by length so that little is spent on padding."""
 
+import itertools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -96,9 +99,16 @@ def train_retriever(
     )
 
     def objective(model, example):
-        return all_positions_objective(model, example, loss)
+        return all_positions_objective(model, example, loss, options.dropout)
 
     rng = np.random.default_rng([options.seed, 1])
+    # Each step's history dropout draws from its own key (replicated: it is not per row).
+    dropout_keys = (
+        key if mesh is None else distributed.replicate(key, mesh)
+        for key in (
+            jax.random.fold_in(jax.random.key(options.seed), step) for step in itertools.count()
+        )
+    )
 
     def epoch_examples():
         batches = length_bucketed_batches(
@@ -125,10 +135,19 @@ def train_retriever(
                 target_log_q=target_log_q,
                 corpus_post_hashes=corpus[0],
                 corpus_author_hashes=corpus[1],
+                dropout_key=next(dropout_keys) if options.dropout > 0 else None,
             )
 
     def evaluate(model):
         return validation.metrics(model, None, options)
 
-    stage = options.stage("retrieval", options.epochs, steps, deadline, epoch_examples, evaluate)
+    stage = options.stage(
+        "retrieval",
+        options.learning_rate,
+        options.epochs,
+        steps,
+        deadline,
+        epoch_examples,
+        evaluate,
+    )
     return run_stage(retriever, objective, stage, run)

@@ -34,18 +34,34 @@ class NonFiniteLossError(ValueError):
     so the stage stops at the first such step and names it."""
 
 
+def _matrices(params: PyTree) -> PyTree:
+    """True for the leaves weight decay shrinks: arrays of two or more dimensions."""
+    return jax.tree.map(lambda leaf: leaf is not None and jnp.ndim(leaf) >= 2, params)
+
+
 @dataclasses.dataclass(frozen=True)
 class Schedule:
     """How a stage's optimiser steps: Adam at `learning_rate`, gradients clipped to global
     norm 1, the rate held and then, over the stage's last `decay_share` (0: never, 1: the
-    whole stage), lowered along a half cosine to zero."""
+    whole stage), lowered along a half cosine to zero. `weight_decay` > 0 makes it AdamW:
+    every matrix (embedding tables included; not the norms' scales, biases or the
+    temperature) shrinks by `rate * weight_decay` of itself each step."""
 
     learning_rate: float
     decay_share: float
+    weight_decay: float = 0.0
 
     def optimizer(self) -> optax.GradientTransformation:
-        """Clipped Adam whose learning rate lives in its state (`rate` sets it each step)."""
-        adam = optax.inject_hyperparams(optax.adam)(learning_rate=self.learning_rate)
+        """Clipped Adam(W) whose learning rate lives in its state (`rate` sets it each step)."""
+        if self.weight_decay == 0:
+            adam = optax.inject_hyperparams(optax.adam)(learning_rate=self.learning_rate)
+        else:
+            # A callable hyperparameter would be read as a schedule of the step: the mask is static.
+            adam = optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+                learning_rate=self.learning_rate,
+                weight_decay=self.weight_decay,
+                mask=_matrices,
+            )
         return optax.chain(optax.clip_by_global_norm(1.0), adam)
 
     def rate(self, progress: float) -> jax.Array:

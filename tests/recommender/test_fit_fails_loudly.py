@@ -25,19 +25,29 @@ from phoenix_eqx.training.loop import NonFiniteLossError, Run, Schedule, Stage, 
 JITTER_S = 0.3
 
 
+@pytest.mark.parametrize(
+    ("stage", "rates", "rate"),
+    [
+        ("retrieval", dict(learning_rate=1e30), "1e+30"),
+        # The ranker steps with its own rate (retrieval's sane one trains it to the end). Its
+        # zero-initialised head is the first thing a step moves: scores overflow only once
+        # that head is as large as float32 goes.
+        ("ranker", dict(epochs=1, ranker_learning_rate=3e38), "3e+38"),
+    ],
+)
 def test_a_diverging_fit_stops_at_its_first_non_finite_loss_and_says_where_and_why(
-    tiny_options, walk_log
+    tiny_options, walk_log, stage, rates, rate
 ):
     users, items, times = walk_log(60, 40, 8)
-    options = dataclasses.replace(tiny_options, epochs=2, learning_rate=1e30)
+    options = dataclasses.replace(tiny_options, **{"epochs": 2, **rates})
     # 60 users' windows of width 8 make two steps an epoch; the first step's loss is computed
-    # before its 1e30-sized update, so the second is the first non-finite one.
+    # before its oversized update, so the second is the first non-finite one.
     with pytest.raises(NonFiniteLossError) as raised:
         px.Recommender.fit(users, items, times, options=options)
     message = str(raised.value)
     assert isinstance(raised.value, ValueError)
-    assert message.startswith("retrieval stage, epoch 1, step 2 of 2: the training loss is ")
-    assert "learning rate (1e+30) is too high" in message
+    assert message.startswith(f"{stage} stage, epoch 1, step 2 of 2: the training loss is ")
+    assert f"learning rate ({rate}) is too high" in message
     assert "table_init_std" in message and "inputs are not finite" in message
 
 

@@ -25,6 +25,7 @@ LOGGED = px.FitOptions(
     epochs=8,
     batch_size=64,
     learning_rate=2e-2,
+    ranker_learning_rate=2e-2,
     table_init_std=1.0,
     patience=15,
     ranker_epochs=15,

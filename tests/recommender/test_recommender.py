@@ -6,6 +6,7 @@ import math
 import sys
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,6 +26,7 @@ QUICK = px.FitOptions(
     epochs=12,
     batch_size=64,
     learning_rate=2e-2,
+    ranker_learning_rate=2e-2,
     # A few dozen steps: unit-scale item rows stand out from the history tokens' constant
     # action and surface parts from the start (the small default suits thousands of steps).
     table_init_std=1.0,
@@ -204,6 +206,20 @@ def test_the_rate_set_in_the_optimizer_state_is_the_rate_adam_steps_with():
     updates, _ = optimizer.update(grads, state, {"w": jnp.zeros(3)})
     # Adam's first update is -rate * sign(gradient) (clipping keeps the direction).
     np.testing.assert_allclose(updates["w"], -1e-3, rtol=1e-3)
+
+
+def test_weight_decay_shrinks_matrices_by_the_rate_set_in_the_state_and_nothing_else():
+    options = px.FitOptions(learning_rate=0.1, weight_decay=0.5)
+    optimizer = options.schedule().optimizer()
+    params = {"matrix": jnp.full((2, 3), 2.0), "bias": jnp.ones(3), "temperature": jnp.ones(())}
+    state = optimizer.init(params)
+    state = optax.tree.set(state, learning_rate=options.schedule().rate(0.0) / 2)
+    zero_gradients = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = optimizer.update(zero_gradients, state, params)
+    # No gradient: a matrix moves by -rate * weight_decay * itself, the rest not at all.
+    np.testing.assert_allclose(updates["matrix"], -0.05 * 0.5 * 2.0, rtol=1e-6)
+    np.testing.assert_array_equal(updates["bias"], 0.0)
+    np.testing.assert_array_equal(updates["temperature"], 0.0)
 
 
 def test_read_interactions_csv_by_column_name(tmp_path):

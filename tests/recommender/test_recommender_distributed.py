@@ -26,6 +26,9 @@ OPTIONS = dict(
     epochs=1,
     batch_size=16,
     learning_rate=1e-2,
+    ranker_learning_rate=1e-2,
+    # Each step's dropout key is replicated and its bits do not depend on the sharding.
+    dropout=0.1,
     patience=5,
     ranker_epochs=1,
     ranker_candidates=4,
