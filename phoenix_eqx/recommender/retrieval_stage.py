@@ -102,13 +102,12 @@ def train_retriever(
         return all_positions_objective(model, example, loss, options.dropout)
 
     rng = np.random.default_rng([options.seed, 1])
-    # Each step's history dropout draws from its own key (replicated: it is not per row).
-    dropout_keys = (
-        key if mesh is None else distributed.replicate(key, mesh)
-        for key in (
-            jax.random.fold_in(jax.random.key(options.seed), step) for step in itertools.count()
-        )
-    )
+    step_numbers = itertools.count()
+
+    def dropout_key():
+        """The next step's history-dropout key (replicated: it is not per row)."""
+        key = jax.random.fold_in(jax.random.key(options.seed), next(step_numbers))
+        return key if mesh is None else distributed.replicate(key, mesh)
 
     def epoch_examples():
         batches = length_bucketed_batches(
@@ -135,7 +134,7 @@ def train_retriever(
                 target_log_q=target_log_q,
                 corpus_post_hashes=corpus[0],
                 corpus_author_hashes=corpus[1],
-                dropout_key=next(dropout_keys) if options.dropout > 0 else None,
+                dropout_key=dropout_key() if options.dropout > 0 else None,
             )
 
     def evaluate(model):

@@ -36,7 +36,7 @@ class NonFiniteLossError(ValueError):
 
 def _matrices(params: PyTree) -> PyTree:
     """True for the leaves weight decay shrinks: arrays of two or more dimensions."""
-    return jax.tree.map(lambda leaf: leaf is not None and jnp.ndim(leaf) >= 2, params)
+    return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
 
 
 @dataclasses.dataclass(frozen=True)
