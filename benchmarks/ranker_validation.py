@@ -73,7 +73,7 @@ def main() -> None:
     log = index_log(data.users[rows], data.items[rows], data.timestamps[rows], data.ratings[rows])
     if log.item_ids != saved.item_ids:
         parser.error(f"saved: expected a model fit on {args.dataset} by recommender_validation")
-    train, train_actions, validation = hold_out_last(log, saved.features, options.history_seq_len)
+    train, train_actions, validation = hold_out_last(log, saved.features, options)
     print(json.dumps({"overrides": overrides, "retrieval": saved.validation["retrieval"]}))
     ranker = saved.ranker
     if options.ranker_warm_start:

@@ -139,7 +139,7 @@ class Recommender:
             feature_columns(item_features, "item_features", log.item_ids),
             feature_columns(user_features, "user_features", log.user_ids),
         )
-        train, train_actions, validation = hold_out_last(log, features, options.history_seq_len)
+        train, train_actions, validation = hold_out_last(log, features, options)
         console = Console(quiet=not options.verbose)
         budget = math.inf if options.time_budget_s is None else options.time_budget_s
         retriever, ranker = build_models(options, features, key=jax.random.key(options.seed))

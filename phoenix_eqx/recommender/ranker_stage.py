@@ -10,7 +10,6 @@ a softmax over each cut's candidates."""
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
@@ -21,10 +20,11 @@ from ..training.loop import Run, StageClock, on_mesh, run_stage
 from ..training.losses import listwise_loss, ranking_loss
 from ..training.models import TrainableRanker, TrainableRetriever
 from .batches import padded_rows, recsys_batch, training_rows, windows
+from .corpus_search import dot_scores, top_unseen
 from .index import unpack_actions
 from .models import item_vectors
 from .options import FitOptions
-from .two_stage import residual_scores, top_unseen
+from .two_stage import residual_scores
 from .validation import Validation
 
 
@@ -61,14 +61,8 @@ def retrieval_logits(
 ) -> Float[Array, "cuts candidates"]:
     """Retrieval's logit of each cut's candidates, the residual ranker's base score: the dot
     product of the cut's user vector and the item's over the temperature, as serving
-    computes it for what it retrieved."""
-    dots = jnp.einsum(
-        "ce,cke->ck",
-        cut_users,
-        vectors[candidates],
-        preferred_element_type=jnp.float32,
-        precision=jax.lax.Precision.HIGHEST,
-    )
+    computes it for what it retrieved (`dot_scores`, bit for bit)."""
+    dots = dot_scores(cut_users, vectors[candidates])
     return dots / retriever.temperature
 
 

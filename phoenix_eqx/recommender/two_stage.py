@@ -11,72 +11,27 @@ from jaxtyping import Array, Float, Int
 
 from ..training.models import TrainableRanker, TrainableRetriever
 from .batches import padded_rows, recsys_batch
+from .corpus_search import dot_scores, top_unseen, uses_blocks
 from .options import FitOptions
 
 # Users per compiled call at most; a smaller call rounds up to a power of two (one user: one
 # row, no padding), so that at most nine compilations serve every call.
 EVAL_CHUNK = 256
-# Bytes of float32 scores one call may hold ([chunk, rows]): with 1M items a chunk of 256
-# users would write 1 GiB per call, and on a 2-core CPU the time per user was measured to grow
-# past about 8 users there (docs/scaling-costs.md), so the chunk shrinks as the corpus grows.
+# Bytes of float32 scores one call may hold ([chunk, rows]) when the corpus is scored whole:
+# with 1M items a chunk of 256 users would write 1 GiB per call, and on a 2-core CPU the time
+# per user was measured to grow past about 8 users there (docs/scaling-costs.md). A corpus
+# searched by blocks never holds a score row, and takes full chunks.
 MAX_SCORE_BYTES = 32 << 20
 
 
-def corpus_scores(
-    users: Float[Array, "batch emb"], item_vectors: Float[Array, "rows emb"]
-) -> Float[Array, "batch rows"]:
-    """Dot products of users and corpus rows in float32: the one computation that serving's
-    top-k and `score_items` share, so that both rank by bit-identical scores."""
-    return jnp.dot(
-        users,
-        item_vectors.T,
-        preferred_element_type=jnp.float32,
-        precision=jax.lax.Precision.HIGHEST,
-    )
-
-
-def top_k_unseen(
-    scores: Float[Array, "batch rows"], exclude: Int[Array, "batch excluded"], k: int
-) -> tuple[Int[Array, "batch k"], Float[Array, "batch k"]]:
-    """Each row's `k` best columns, never column 0 (padding) nor the columns in `exclude`.
-
-    Order: descending score, ties to the lower index (`corpus_top_k`'s convention); only
-    finite scores are returned, the tail past them holds index -1 and score -inf.
-
-    Exclusions and padding are written into the scores as -inf before one float32
-    `lax.top_k` of width `k`: `corpus_top_k`'s integer sort keys make XLA on a CPU sort the
-    whole row (about 110 ms per user at 1M items, against under 1 ms for the float top-k), and
-    selecting `k + excluded` rows to drop exclusions afterwards widens the selection with the
-    history. `lax.top_k` orders floats by their bits, so -0.0 is first made +0.0 (they tie)
-    and NaN or +inf -inf (they would rank first): a score that is not finite is never returned.
-    """
-    batch, num_rows = scores.shape
-    scores = jnp.where(scores == 0, 0.0, scores)
-    scores = jnp.where(jnp.isfinite(scores), scores, -jnp.inf).at[:, 0].set(-jnp.inf)
-    scores = scores.at[jnp.arange(batch)[:, None], exclude].set(-jnp.inf)
-    top_scores, indices = jax.lax.top_k(scores, min(k, num_rows))
-    if k > num_rows:
-        top_scores = jnp.pad(top_scores, ((0, 0), (0, k - num_rows)), constant_values=-jnp.inf)
-        indices = jnp.pad(indices, ((0, 0), (0, k - num_rows)))
-    return jnp.where(jnp.isfinite(top_scores), indices, -1), top_scores
-
-
-def top_unseen(
-    users: Float[Array, "batch emb"],
-    item_vectors: Float[Array, "rows emb"],
-    exclude: Int[Array, "batch excluded"],
-    k: int,
-) -> tuple[Int[Array, "batch k"], Float[Array, "batch k"]]:
-    """Each user's `k` best corpus rows by dot product, never row 0 (padding) nor the rows in
-    `exclude`; `top_k_unseen` says the order. Short of items: index -1, score -inf."""
-    return top_k_unseen(corpus_scores(users, item_vectors), exclude, k)
-
-
-def chunk_size(num_users: int, num_rows: int) -> int:
+def chunk_size(num_users: int, num_rows: int, num_excluded: int, k: int) -> int:
     """Users per compiled call: `num_users` rounded up to a power of two, at most
-    `EVAL_CHUNK` and at most what keeps the scores within `MAX_SCORE_BYTES`."""
+    `EVAL_CHUNK` and, when the corpus is scored whole, at most what keeps the scores within
+    `MAX_SCORE_BYTES`."""
     fits = max(MAX_SCORE_BYTES // (4 * num_rows), 1)
-    cap = min(EVAL_CHUNK, 1 << (fits.bit_length() - 1))
+    cap = EVAL_CHUNK
+    if not uses_blocks(num_rows, num_excluded, k):
+        cap = min(cap, 1 << (fits.bit_length() - 1))
     return min(cap, 1 << max(num_users - 1, 0).bit_length())
 
 
@@ -143,7 +98,7 @@ def retrieval_scores(
 ) -> Float[Array, "batch rows"]:
     """Dot products of the users' vectors with every corpus row (row 0, padding, included)."""
     empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
-    return corpus_scores(
+    return dot_scores(
         retriever.user_vectors(recsys_batch(users, histories, empty, item_hashes)), item_vectors
     )
 
@@ -172,7 +127,7 @@ def rank_in_chunks(
     ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`)."""
     num_users = histories.shape[0]
     num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
-    chunk = chunk_size(num_users, item_vectors.shape[0])
+    chunk = chunk_size(num_users, item_vectors.shape[0], excluded.shape[1], num_retrieved)
     weights = jnp.asarray(options.weight_vector())
     if options.ranker_history_actions == "engaged":
         history_actions = None

@@ -98,22 +98,29 @@ class Validation:
 
 
 def hold_out_last(
-    log: IndexedLog, features: FeatureHashes, history_seq_len: int
+    log: IndexedLog, features: FeatureHashes, options: FitOptions
 ) -> tuple[list[np.ndarray], list[np.ndarray], Validation]:
-    """Each user's training sequence and action masks (all but the last interaction of a user with
-    two or more) and the `Validation` of those held-out last items."""
-    held_out = [i for i, sequence in enumerate(log.sequences) if sequence.size >= 2]
-    if not held_out:
+    """Each user's training sequence and action masks and the `Validation` of the held-out
+    last items: of every user with two or more items, or of `options.validation_users` of
+    them drawn with `options.seed`; a user not held out trains on its whole sequence."""
+    eligible = np.flatnonzero([sequence.size >= 2 for sequence in log.sequences])
+    if not eligible.size:
         raise ValueError(
             "user_ids: expected some user with two or more interactions (the last one is "
             "held out for validation), got none"
         )
-    train = [sequence[:-1] if sequence.size >= 2 else sequence for sequence in log.sequences]
-    train_actions = [actions[:-1] if actions.size >= 2 else actions for actions in log.actions]
+    held_out = eligible
+    if options.validation_users is not None and eligible.size > options.validation_users:
+        rng = np.random.default_rng(options.seed)
+        held_out = np.sort(rng.choice(eligible, options.validation_users, replace=False))
+    is_held_out = np.zeros(len(log.sequences), bool)
+    is_held_out[held_out] = True
+    train = [s[:-1] if out else s for s, out in zip(log.sequences, is_held_out, strict=True)]
+    train_actions = [a[:-1] if out else a for a, out in zip(log.actions, is_held_out, strict=True)]
     validation = Validation(
         users=features.user_rows([log.user_ids[i] for i in held_out]),
-        histories=windows([train[i] for i in held_out], history_seq_len),
-        history_actions=windows([train_actions[i] for i in held_out], history_seq_len),
+        histories=windows([train[i] for i in held_out], options.history_seq_len),
+        history_actions=windows([train_actions[i] for i in held_out], options.history_seq_len),
         excluded=excluded([train[i] for i in held_out]),
         targets=np.array([log.sequences[i][-1] for i in held_out]),
         item_hashes=jnp.asarray(features.item_hashes),

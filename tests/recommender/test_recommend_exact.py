@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import phoenix_eqx as px
 from phoenix_eqx.data.synthetic import planted_walks
-from phoenix_eqx.recommender.two_stage import chunk_size, top_k_unseen
+from phoenix_eqx.recommender.corpus_search import top_k_unseen
+from phoenix_eqx.recommender.two_stage import chunk_size
 
 # Few distinct values, so that ties, signed zeros, NaN and -inf all occur.
 VALUES = (-1.5, -0.0, 0.0, 0.25, 0.25, 2.0, np.nan, -np.inf, np.inf)
@@ -74,11 +75,14 @@ def test_top_k_unseen_is_exact_on_a_long_row_with_many_ties():
     np.testing.assert_array_equal(np.asarray(values), expected_values)
 
 
-def test_chunks_are_powers_of_two_down_to_one_user_and_shrink_with_the_corpus():
-    assert chunk_size(1, 1_000_001) == 1
-    assert chunk_size(3, 101) == 4
-    assert chunk_size(1000, 101) == 256
-    assert chunk_size(1000, 1_000_001) == 8
+def test_chunks_are_powers_of_two_down_to_one_user_and_shrink_with_a_corpus_scored_whole():
+    assert chunk_size(1, 1_000_001, 0, 200) == 1
+    assert chunk_size(3, 101, 0, 10) == 4
+    assert chunk_size(1000, 101, 0, 10) == 256
+    # Searched by blocks: no score row is held, full chunks.
+    assert chunk_size(1000, 1_000_001, 0, 200) == 256
+    # So many exclusions that blocks would not pay: scored whole, 32 MiB of scores per call.
+    assert chunk_size(1000, 100_001, 2000, 200) == 64
 
 
 @pytest.fixture(scope="module")
