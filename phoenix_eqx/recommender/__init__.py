@@ -16,7 +16,8 @@ or a weighted sum of action probabilities (`"bce"`).
 
 The package's files are the stages: `options` (`FitOptions`), `index` (ids to rows),
 `batches` and `models` (what both stages feed and train), `retrieval_stage`, `ranker_stage`,
-`validation`, `corpus_search` (exact top-k over the corpus), `two_stage` (serving), `persistence` (save / load) and `api` (the class).
+`validation`, `corpus_search` (exact top-k over the corpus), `two_stage` (serving),
+`persistence` (save / load) and `api` (the class).
 """
 
 from ..training.loop import ValidationRecord
