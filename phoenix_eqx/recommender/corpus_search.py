@@ -9,12 +9,13 @@ full sort of `score_items` disagree on near ties.
 
 A small corpus is scored whole, then one `lax.top_k` selects (`top_k_unseen`). A large one
 (`uses_blocks`) is searched without ever writing a user's score row:
-1. tiles of the corpus go through a matmul, and each block of `BLOCK` items keeps its maximum;
-2. the blocks with the best maxima, `k` for the winners, one per excluded item and for the
-   padding row (a block may owe its maximum to an item that cannot be returned) and `k` more
-   as a margin, are scored exactly with `dot_scores` and selected from;
+1. tiles of the corpus go through a matmul, and each block of `BLOCK` items keeps the maximum
+   of the rows it may return: the padding row and each user's excluded rows are bits
+   (`_unusable_bits`, 1/8 byte per row) that the tile reads beside its scores;
+2. the blocks with the best maxima, `k` for the winners, one for the padding row's block and
+   `k / 4` as a margin, are scored exactly with `dot_scores` and selected from;
 3. the result is certified: every item of a block not chosen scores at most its block's
-   matmul maximum plus the two computations' rounding bound (`rounding_bound`), so if the
+   matmul maximum (over its usable rows) plus the two computations' rounding bound (`rounding_bound`), so if the
    k-th exact score is above that for every block left out, nothing left out could enter.
    A batch that fails (near ties at the boundary, non-finite vectors) is scored whole.
 """
@@ -84,7 +85,7 @@ def top_unseen(
     """Each user's `k` best corpus rows by `dot_scores`, never row 0 (padding) nor the rows in
     `exclude`; `top_k_unseen` says the order. Short of items: index -1, score -inf. Exact on
     every path: a large corpus is searched by blocks (the module docstring)."""
-    if not uses_blocks(item_vectors.shape[0], exclude.shape[1], k):
+    if not uses_blocks(item_vectors.shape[0], k):
         return top_k_unseen(dot_scores(users, item_vectors), exclude, k)
     found = _blocked_top_unseen(users, item_vectors, exclude, k)
     return lax.cond(
@@ -94,10 +95,10 @@ def top_unseen(
     )
 
 
-def uses_blocks(num_rows: int, num_excluded: int, k: int) -> bool:
+def uses_blocks(num_rows: int, k: int) -> bool:
     """Whether `top_unseen` searches by blocks: when the blocks it scores exactly are at most
     a quarter of the corpus."""
-    return 4 * _blocks_scored(num_rows, num_excluded, k) * BLOCK <= num_rows
+    return 4 * _blocks_scored(num_rows, k) * BLOCK <= num_rows
 
 
 def rounding_bound(
@@ -125,26 +126,52 @@ def _finite_or_minus_inf(scores: Float[Array, "*shape"]) -> Float[Array, "*shape
     return jnp.where(jnp.isfinite(scores), scores, -jnp.inf)
 
 
-def _blocks_scored(num_rows: int, num_excluded: int, k: int) -> int:
-    """Blocks scored exactly: `k` for the winners, one per excluded row and one for padding
-    (each may own a block's maximum), and `k` as the certificate's margin."""
-    return min(k + k // 4 + num_excluded + 1, -(-num_rows // BLOCK))
+def _blocks_scored(num_rows: int, k: int) -> int:
+    """Blocks scored exactly: `k` for the winners, one for the block of the padding row and
+    `k / 4` as the certificate's margin."""
+    return min(k + k // 4 + 1, -(-num_rows // BLOCK))
+
+
+def _unusable_bits(exclude: Int[Array, "batch excluded"], num_rows: int) -> jax.Array:
+    """`[batch, ceil(num_rows / 32)]` uint32 words whose bit `r % 32` of word `r // 32` is set
+    for the padding row 0 and each row in `exclude`: 1/8 byte per corpus row and user, so a
+    tile reads its users' exclusions beside its scores."""
+    batch = exclude.shape[0]
+    rows = jnp.sort(jnp.pad(exclude, ((0, 0), (1, 0))), axis=1)
+    # Each row once (the bits are added): repeats go to a word past the end and are dropped.
+    repeated = jnp.pad(rows[:, 1:] == rows[:, :-1], ((0, 0), (1, 0)))
+    num_words = -(-num_rows // 32)
+    words = jnp.where(repeated, num_words, rows >> 5)
+    bits = jnp.left_shift(jnp.uint32(1), (rows & 31).astype(jnp.uint32))
+    return (
+        jnp.zeros((batch, num_words), jnp.uint32)
+        .at[jnp.arange(batch)[:, None], words]
+        .add(bits, mode="drop")
+    )
+
+
+def _is_set(words: jax.Array, rows: Int[Array, "*shape"]) -> jax.Array:
+    """Whether each row's bit is set in one user's `_unusable_bits` words."""
+    word = words[jnp.minimum(rows >> 5, words.shape[-1] - 1)]
+    return ((word >> (rows & 31).astype(jnp.uint32)) & 1).astype(bool)
 
 
 def _block_maxima(
-    users: Float[Array, "batch emb"], item_vectors: Float[Array, "rows emb"]
+    users: Float[Array, "batch emb"], item_vectors: Float[Array, "rows emb"], unusable: jax.Array
 ) -> tuple[Float[Array, "batch blocks"], Float[Array, ""]]:
-    """Every block's largest finite matmul score per user (-inf if none), tile by tile, and
-    the largest item norm (inf if any vector is not finite)."""
+    """Every block's largest finite matmul score per user over the rows it may return (-inf
+    if none), tile by tile, and the largest item norm (inf if any vector is not finite)."""
     batch, num_rows = users.shape[0], item_vectors.shape[0]
     tile = max(TILE_SCORES // batch // BLOCK, 1) * BLOCK
 
     def tile_maxima(start: int | jax.Array, width: int):
         vectors = lax.dynamic_slice_in_dim(item_vectors, start, width).astype(jnp.float32)
         scores = jnp.dot(users.astype(jnp.float32), vectors.T, precision=lax.Precision.HIGHEST)
-        scores = jnp.pad(
-            _finite_or_minus_inf(scores), ((0, 0), (0, -width % BLOCK)), constant_values=-jnp.inf
-        )
+        words = lax.dynamic_slice_in_dim(unusable, start // 32, -(-width // 32), axis=1)
+        skipped = (words[:, :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+        skipped = skipped.astype(bool).reshape(batch, -1)[:, :width]
+        scores = jnp.where(skipped, -jnp.inf, _finite_or_minus_inf(scores))
+        scores = jnp.pad(scores, ((0, 0), (0, -width % BLOCK)), constant_values=-jnp.inf)
         return scores.reshape(batch, -1, BLOCK).max(axis=2)
 
     tile = min(tile, num_rows // BLOCK * BLOCK)
@@ -167,31 +194,27 @@ def _blocked_top_unseen(
     k: int,
 ) -> _Found:
     num_rows = item_vectors.shape[0]
-    maxima, max_item_norm = _block_maxima(users, item_vectors)
-    chosen = _blocks_scored(num_rows, exclude.shape[1], k)
+    unusable = _unusable_bits(exclude, num_rows)
+    maxima, max_item_norm = _block_maxima(users, item_vectors, unusable)
+    chosen = _blocks_scored(num_rows, k)
     blocks = lax.top_k(maxima, chosen)[1]
-    # The best maximum among the blocks left out bounds every item in them. (Reading it as
-    # one more column of the top-k made XLA's CPU top-k 50% slower.)
+    # The best maximum among the blocks left out bounds every usable item in them. (Reading
+    # it as one more column of the top-k made XLA's CPU top-k 50% slower.)
     batch_rows = jnp.arange(users.shape[0])[:, None]
     taken = jnp.zeros(maxima.shape, bool).at[batch_rows, blocks].set(True)
     left_out = jnp.where(taken, -jnp.inf, maxima).max(axis=1)
     # Rows in corpus order, so that `lax.top_k`'s ties go to the lower row.
     blocks = jnp.sort(blocks, axis=1)
-    dropped = jnp.pad(exclude, ((0, 0), (1, 0)))  # padding row 0 is never returned either
 
-    def exact(user, user_blocks, user_dropped):
+    def exact(user, user_blocks, user_unusable):
         rows = (user_blocks[:, None] * BLOCK + jnp.arange(BLOCK)).reshape(-1)
         scores = dot_scores(user[None], item_vectors[jnp.minimum(rows, num_rows - 1)])[0]
-        scores = jnp.where(rows < num_rows, _finite_or_minus_inf(scores), -jnp.inf)
-        # Wide enough that `k` remain once the dropped rows among them are struck out.
-        wide_scores, slots = lax.top_k(scores, k + user_dropped.shape[0])
-        wide_rows = rows[slots]
-        dropped_here = (wide_rows[:, None] == user_dropped[None, :]).any(axis=1)
-        top_scores, kept = lax.top_k(jnp.where(dropped_here, -jnp.inf, wide_scores), k)
-        return wide_rows[kept], top_scores
+        skipped = _is_set(user_unusable, rows) | (rows >= num_rows)
+        top_scores, slots = lax.top_k(jnp.where(skipped, -jnp.inf, _finite_or_minus_inf(scores)), k)
+        return rows[slots], top_scores
 
     rows, top_scores = lax.map(
-        lambda args: exact(*args), (users, blocks, dropped), batch_size=EXACT_USERS
+        lambda args: exact(*args), (users, blocks, unusable), batch_size=EXACT_USERS
     )
     bound = left_out + rounding_bound(users, max_item_norm)
     certified = jnp.all(top_scores[:, k - 1] > bound) & jnp.isfinite(max_item_norm)

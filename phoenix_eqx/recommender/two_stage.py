@@ -24,13 +24,13 @@ EVAL_CHUNK = 256
 MAX_SCORE_BYTES = 32 << 20
 
 
-def chunk_size(num_users: int, num_rows: int, num_excluded: int, k: int) -> int:
+def chunk_size(num_users: int, num_rows: int, k: int) -> int:
     """Users per compiled call: `num_users` rounded up to a power of two, at most
     `EVAL_CHUNK` and, when the corpus is scored whole, at most what keeps the scores within
     `MAX_SCORE_BYTES`."""
     fits = max(MAX_SCORE_BYTES // (4 * num_rows), 1)
     cap = EVAL_CHUNK
-    if not uses_blocks(num_rows, num_excluded, k):
+    if not uses_blocks(num_rows, k):
         cap = min(cap, 1 << (fits.bit_length() - 1))
     return min(cap, 1 << max(num_users - 1, 0).bit_length())
 
@@ -127,7 +127,7 @@ def rank_in_chunks(
     ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`)."""
     num_users = histories.shape[0]
     num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
-    chunk = chunk_size(num_users, item_vectors.shape[0], excluded.shape[1], num_retrieved)
+    chunk = chunk_size(num_users, item_vectors.shape[0], num_retrieved)
     weights = jnp.asarray(options.weight_vector())
     if options.ranker_history_actions == "engaged":
         history_actions = None

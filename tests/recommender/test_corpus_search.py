@@ -61,11 +61,12 @@ def test_a_score_does_not_depend_on_what_is_scored_beside_it(seed, batch, rows, 
     corpus=st.sampled_from(["random", "few distinct", "non-finite rows"]),
     rows=st.integers(2400, 5000),
     k=st.integers(1, 4),
-    width=st.integers(0, 3),
+    width=st.integers(0, 40),
+    runs=st.booleans(),
 )
-def test_block_search_equals_a_full_sort(seed, corpus, rows, k, width):
+def test_block_search_equals_a_full_sort(seed, corpus, rows, k, width, runs):
     rng = np.random.default_rng(seed)
-    assert uses_blocks(rows, width, k)
+    assert uses_blocks(rows, k)
     items = unit_rows(rng, rows, 8)
     if corpus == "few distinct":  # ties everywhere, also across the chosen blocks' boundary
         items = unit_rows(rng, 3, 8)[rng.integers(0, 3, rows)]
@@ -73,6 +74,9 @@ def test_block_search_equals_a_full_sort(seed, corpus, rows, k, width):
         items[rng.integers(0, rows, 5)] = rng.choice([np.nan, np.inf, -np.inf], (5, 8))
     users = unit_rows(rng, 3, 8)
     exclude = rng.integers(0, rows, (3, width)).astype(np.int32)
+    if runs:  # whole blocks excluded, repeats, the padding row among them
+        exclude = (rng.integers(0, rows - width, (3, 1)) + np.arange(width)) // 2
+    exclude = exclude.astype(np.int32)
     search = jax.jit(top_unseen, static_argnums=3)
     indices, values = search(jnp.asarray(users), jnp.asarray(items), jnp.asarray(exclude), k)
     scores = np.asarray(jax.jit(dot_scores)(jnp.asarray(users), jnp.asarray(items)))

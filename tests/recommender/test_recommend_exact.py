@@ -76,13 +76,13 @@ def test_top_k_unseen_is_exact_on_a_long_row_with_many_ties():
 
 
 def test_chunks_are_powers_of_two_down_to_one_user_and_shrink_with_a_corpus_scored_whole():
-    assert chunk_size(1, 1_000_001, 0, 200) == 1
-    assert chunk_size(3, 101, 0, 10) == 4
-    assert chunk_size(1000, 101, 0, 10) == 256
+    assert chunk_size(1, 1_000_001, 200) == 1
+    assert chunk_size(3, 101, 10) == 4
+    assert chunk_size(1000, 101, 10) == 256
     # Searched by blocks: no score row is held, full chunks.
-    assert chunk_size(1000, 1_000_001, 0, 200) == 256
-    # So many exclusions that blocks would not pay: scored whole, 32 MiB of scores per call.
-    assert chunk_size(1000, 100_001, 2000, 200) == 64
+    assert chunk_size(1000, 1_000_001, 200) == 256
+    # Too small for blocks to pay at this k: scored whole, 32 MiB of scores per call.
+    assert chunk_size(1000, 50_001, 200) == 128
 
 
 @pytest.fixture(scope="module")
