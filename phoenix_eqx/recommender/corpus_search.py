@@ -14,9 +14,10 @@ A small corpus is scored whole, then one `lax.top_k` selects (`top_k_unseen`). A
    (`_unusable_bits`, 1/8 byte per row) that the tile reads beside its scores;
 2. the blocks with the best maxima, `k` for the winners, one for the padding row's block and
    `k / 4` as a margin, are scored exactly with `dot_scores` and selected from;
-3. the result is certified: every item of a block not chosen scores at most its block's
-   matmul maximum (over its usable rows) plus the two computations' rounding bound (`rounding_bound`), so if the
-   k-th exact score is above that for every block left out, nothing left out could enter.
+3. the result is certified: every usable item of a block not chosen scores at most its
+   block's matmul maximum plus the two computations' rounding bound (`rounding_bound`), so
+   if the k-th exact score is above that for every block left out, nothing left out could
+   enter.
    A batch that fails (near ties at the boundary, non-finite vectors) is scored whole.
 """
 
