@@ -159,9 +159,9 @@ def _is_set(words: jax.Array, rows: Int[Array, "*shape"]) -> jax.Array:
 
 def _block_maxima(
     users: Float[Array, "batch emb"], item_vectors: Float[Array, "rows emb"], unusable: jax.Array
-) -> tuple[Float[Array, "batch blocks"], Float[Array, ""]]:
+) -> Float[Array, "batch blocks"]:
     """Every block's largest finite matmul score per user over the rows it may return (-inf
-    if none), tile by tile, and the largest item norm (inf if any vector is not finite)."""
+    if none), tile by tile."""
     batch, num_rows = users.shape[0], item_vectors.shape[0]
     tile = max(TILE_SCORES // batch // BLOCK, 1) * BLOCK
 
@@ -182,10 +182,14 @@ def _block_maxima(
     if num_rows > whole_tiles * tile:
         rest = tile_maxima(whole_tiles * tile, num_rows - whole_tiles * tile)
         maxima = jnp.concatenate([maxima, rest], axis=1)
-    # Outside the tiles: inside, it slowed the matmul's loop threefold.
+    return maxima
+
+
+def _max_norm(item_vectors: Float[Array, "rows emb"]) -> Float[Array, ""]:
+    """The largest item norm, inf if any vector is not finite: one pass of its own, since
+    inside `_block_maxima`'s tiles it slowed the matmul's loop threefold."""
     norms = jnp.sqrt(jnp.sum(jnp.square(item_vectors.astype(jnp.float32)), axis=1))
-    norm = jnp.where(jnp.isfinite(norms), norms, jnp.inf).max()
-    return maxima, norm
+    return jnp.where(jnp.isfinite(norms), norms, jnp.inf).max()
 
 
 def _blocked_top_unseen(
@@ -196,7 +200,7 @@ def _blocked_top_unseen(
 ) -> _Found:
     num_rows = item_vectors.shape[0]
     unusable = _unusable_bits(exclude, num_rows)
-    maxima, max_item_norm = _block_maxima(users, item_vectors, unusable)
+    maxima = _block_maxima(users, item_vectors, unusable)
     chosen = _blocks_scored(num_rows, k)
     blocks = lax.top_k(maxima, chosen)[1]
     # The best maximum among the blocks left out bounds every usable item in them. (Reading
@@ -217,6 +221,7 @@ def _blocked_top_unseen(
     rows, top_scores = lax.map(
         lambda args: exact(*args), (users, blocks, unusable), batch_size=EXACT_USERS
     )
+    max_item_norm = _max_norm(item_vectors)
     bound = left_out + rounding_bound(users, max_item_norm)
     certified = jnp.all(top_scores[:, k - 1] > bound) & jnp.isfinite(max_item_norm)
     return _Found(jnp.where(jnp.isfinite(top_scores), rows, -1), top_scores, certified)
