@@ -124,3 +124,20 @@ def run_on_cpu_devices(module: str, devices: int, xla_flags: str = "") -> dict:
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def full_sort_top_k(scores: np.ndarray, exclude: np.ndarray, k: int):
+    """The oracle of serving's top-k: per row, the finite scores of columns >= 1 not in
+    `exclude`, sorted by descending score with ties to the lower column, padded with -1 /
+    -inf to `k`."""
+    indices = np.full((scores.shape[0], k), -1)
+    values = np.full((scores.shape[0], k), -np.inf, np.float32)
+    for row in range(scores.shape[0]):
+        usable = np.isfinite(scores[row])
+        usable[0] = False
+        usable[exclude[row][exclude[row] < scores.shape[1]]] = False  # a row's prefix may be given
+        columns = np.flatnonzero(usable)
+        order = columns[np.argsort(-scores[row, columns], kind="stable")][:k]
+        indices[row, : order.size] = order
+        values[row, : order.size] = scores[row, order]
+    return indices, values

@@ -16,21 +16,7 @@ from phoenix_eqx.recommender.corpus_search import (
     uses_blocks,
 )
 
-
-def full_sort_top_k(scores: np.ndarray, exclude: np.ndarray, k: int):
-    """The oracle: per row, the finite scores of columns >= 1 not excluded, sorted by
-    descending score with ties to the lower column, padded with -1 / -inf to `k`."""
-    indices = np.full((scores.shape[0], k), -1)
-    values = np.full((scores.shape[0], k), -np.inf, np.float32)
-    for row in range(scores.shape[0]):
-        usable = np.isfinite(scores[row])
-        usable[0] = False
-        usable[exclude[row]] = False
-        columns = np.flatnonzero(usable)
-        order = columns[np.argsort(-scores[row, columns], kind="stable")][:k]
-        indices[row, : order.size] = order
-        values[row, : order.size] = scores[row, order]
-    return indices, values
+from ..helpers import full_sort_top_k
 
 
 def unit_rows(rng: np.random.Generator, rows: int, dims: int) -> np.ndarray:

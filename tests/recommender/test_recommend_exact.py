@@ -13,28 +13,10 @@ from phoenix_eqx.data.synthetic import planted_walks
 from phoenix_eqx.recommender.corpus_search import top_k_unseen
 from phoenix_eqx.recommender.two_stage import chunk_size
 
+from ..helpers import full_sort_top_k
+
 # Few distinct values, so that ties, signed zeros, NaN and -inf all occur.
 VALUES = (-1.5, -0.0, 0.0, 0.25, 0.25, 2.0, np.nan, -np.inf, np.inf)
-
-
-def sorted_top_k(scores: np.ndarray, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The oracle: per row, the finite scores of columns >= 1 not excluded, fully sorted by
-    descending score with ties to the lower column, padded with -1 / -inf to `k`."""
-    indices = np.full((scores.shape[0], k), -1)
-    values = np.full((scores.shape[0], k), -np.inf, np.float32)
-    for row in range(scores.shape[0]):
-        columns = np.array(
-            [
-                c
-                for c in range(1, scores.shape[1])
-                if c not in set(exclude[row].tolist()) and np.isfinite(scores[row, c])
-            ],
-            int,
-        )
-        order = columns[np.argsort(-scores[row, columns], kind="stable")][:k]
-        indices[row, : order.size] = order
-        values[row, : order.size] = scores[row, order]
-    return indices, values
 
 
 @given(
@@ -58,7 +40,7 @@ def test_top_k_unseen_equals_a_full_stable_sort(data, batch, num_rows, width):
     ).reshape(batch, width)
     k = data.draw(st.integers(1, num_rows + 2))
     indices, values = top_k_unseen(jnp.asarray(scores), jnp.asarray(exclude), k)
-    expected_indices, expected_values = sorted_top_k(scores, exclude, k)
+    expected_indices, expected_values = full_sort_top_k(scores, exclude, k)
     np.testing.assert_array_equal(np.asarray(indices), expected_indices)
     np.testing.assert_array_equal(np.asarray(values), expected_values)
 
@@ -70,7 +52,7 @@ def test_top_k_unseen_is_exact_on_a_long_row_with_many_ties():
     scores = rng.choice(np.array([0.5, 1.0, 1.5, -0.0, 0.0], np.float32), size=(2, 300_001))
     exclude = rng.integers(0, 300_001, size=(2, 64)).astype(np.int32)
     indices, values = top_k_unseen(jnp.asarray(scores), jnp.asarray(exclude), 200)
-    expected_indices, expected_values = sorted_top_k(scores[:, :2000], exclude, 200)
+    expected_indices, expected_values = full_sort_top_k(scores[:, :2000], exclude, 200)
     np.testing.assert_array_equal(np.asarray(indices), expected_indices)
     np.testing.assert_array_equal(np.asarray(values), expected_values)
 
