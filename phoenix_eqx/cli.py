@@ -115,11 +115,14 @@ def run_movielens_demo(
         table.add_column("after retrieval (score: cosine)")
         columns.append((retrieved, "{:+.3f}"))
         if ranker_trained:
-            table.add_column(
-                "after ranking (score: retrieval logit + ranker's correction)"
+            score = (
+                "retrieval logit + ranker's correction"
                 if recommender.options.residual_ranker
-                else "after ranking (score: weighted actions)"
+                else "weighted actions"
             )
+            if recommender.cooccurrence_weight > 0:
+                score += f" + {recommender.cooccurrence_weight:g} x co-occurrence prior"
+            table.add_column(f"after ranking (score: {score})")
             columns.append((recommender.recommend([user], k=10, use_ranker=True), "{:.3f}"))
         for position in range(10):
             cells = [
@@ -135,7 +138,9 @@ def run_movielens_demo(
     summary.add_row("popularity", f"{popularity:.3f}")
     summary.add_row("Phoenix retrieval", f"{validation['retrieval']['hr@10']:.3f}")
     if "ranker" in validation:
-        summary.add_row("Phoenix retrieval + ranker", f"{validation['ranker']['hr@10']:.3f}")
+        # As served: with the co-occurrence prior at the weight validation chose.
+        served = validation.get("cooccurrence", validation["ranker"])
+        summary.add_row("Phoenix retrieval + ranker", f"{served['hr@10']:.3f}")
     console.print(summary)
     if "ranker_gain" in validation:
         gain = validation["ranker_gain"]

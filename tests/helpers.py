@@ -28,6 +28,9 @@ TINY_FIT_OPTIONS = px.FitOptions(
     epochs=1,
     ranker_epochs=1,
     batch_size=32,
+    # The co-occurrence prior off: choosing its weight is one more validation pass per fit
+    # (tests/recommender/test_cooccurrence.py fits with it on).
+    cooccurrence_weights=(0.0,),
     verbose=False,
 )
 

@@ -12,16 +12,19 @@ on the trained retriever's own top results. Each user's last interaction is held
 drives early stopping and model selection. `recommend` runs the stages as Phoenix serves:
 retrieval over the whole corpus, then the ranker re-scores those items with candidate
 isolation: retrieval's logit plus the ranker's learned correction (`ranker_loss="listwise"`),
-or a weighted sum of action probabilities (`"bce"`).
+or a weighted sum of action probabilities (`"bce"`), plus a co-occurrence prior at a weight
+validation chooses.
 
 The package's files are the stages: `options` (`FitOptions`), `index` (ids to rows),
 `batches` and `models` (what both stages feed and train), `retrieval_stage`, `ranker_stage`,
-`validation`, `corpus_search` (exact top-k over the corpus), `two_stage` (serving),
+`validation`, `corpus_search` (exact top-k over the corpus), `cooccurrence` (the prior),
+`two_stage` (serving),
 `persistence` (save / load) and `api` (the class).
 """
 
 from ..training.loop import ValidationRecord
 from .api import Recommender
+from .cooccurrence import CooccurrencePrior
 from .options import (
     FitOptions,
     ModelOptions,
@@ -32,6 +35,7 @@ from .options import (
 )
 
 __all__ = [
+    "CooccurrencePrior",
     "FitOptions",
     "ModelOptions",
     "OptimizationOptions",

@@ -20,13 +20,14 @@ from ..training.loop import Run, ValidationRecord
 from ..training.models import TrainableRanker, TrainableRetriever, warm_start_ranker
 from . import persistence
 from .batches import excluded, windows
+from .cooccurrence import CooccurrencePrior
 from .index import ItemLookup, action_masks, as_ids, as_numbers, engaged_masks, index_log
 from .models import build_models, item_vectors
 from .options import FitOptions
 from .ranker_stage import train_ranker
 from .retrieval_stage import train_retriever
 from .two_stage import chunk_bounds, rank_in_chunks, retrieval_scores
-from .validation import hold_out_last
+from .validation import choose_prior, hold_out_last
 
 
 class Recommender:
@@ -45,6 +46,7 @@ class Recommender:
         validation_history: Sequence[ValidationRecord] = (),
         features=None,
         history_actions: dict[Hashable, np.ndarray] | None = None,
+        cooccurrence_weight: float = 0.0,
     ):
         """Prefer `Recommender.fit` or `Recommender.load`; this assembles their results.
 
@@ -55,7 +57,8 @@ class Recommender:
         `features` the side features' hashes (`data.FeatureHashes`) of the items and of the
         users in `histories` (None: the ids alone); `history_actions` each of those users'
         action masks (`index.action_masks`), one per item of `histories` (None: every item
-        engaged, as implicit feedback).
+        engaged, as implicit feedback); `cooccurrence_weight` the weight of the ranker's
+        co-occurrence prior (`CooccurrencePrior`, built from `histories`; 0: none).
         """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
@@ -71,6 +74,12 @@ class Recommender:
         self._lookup = ItemLookup.of(item_ids)
         self._item_hashes = jnp.asarray(self.features.item_hashes)
         self._item_vectors = item_vectors(retriever, self._item_hashes)
+        self.cooccurrence_weight = float(cooccurrence_weight)
+        self.cooccurrence = (
+            CooccurrencePrior.of(list(histories.values()), len(item_ids), cooccurrence_weight)
+            if cooccurrence_weight > 0
+            else None
+        )
 
     @property
     def num_items(self) -> int:
@@ -165,6 +174,13 @@ class Recommender:
         results = {"retrieval": retrieval_metrics}
         use_ranker = options.ranker_epochs > 0
         if use_ranker:
+            with_prior = (
+                options.cooccurrence_weights != (0.0,)
+                and len(log.item_ids) <= options.cooccurrence_max_items
+            )
+            # Choosing the prior's weight follows the ranker: two validation passes, compiled
+            # anew. Retrieval's startup (its first step and validation) is kept free for it.
+            prior_reserve = run.startup_s[0] if with_prior else 0.0
             trained = train_ranker(
                 warm_start_ranker(ranker, retriever) if options.ranker_warm_start else ranker,
                 retriever,
@@ -175,7 +191,7 @@ class Recommender:
                 validation,
                 options,
                 run,
-                start + budget,
+                start + budget - prior_reserve,
             )
             if trained is None:
                 left = max(start + budget - time.perf_counter(), 0.0)
@@ -187,9 +203,25 @@ class Recommender:
                 use_ranker = False
             else:
                 ranker, results["ranker"] = trained
+                if time.perf_counter() < start + budget:
+                    prior, results["cooccurrence"] = choose_prior(
+                        retriever,
+                        ranker,
+                        train,
+                        len(log.item_ids),
+                        validation,
+                        options,
+                        results["ranker"],
+                        console,
+                    )
+                else:
+                    console.print("co-occurrence prior: the budget is spent, served without it")
+                    prior, results["cooccurrence"] = None, {"weight": 0.0, **results["ranker"]}
                 # Model selection on validation: serve the ranker's order only where it helps.
-                use_ranker = results["ranker"]["hr@10"] >= retrieval_metrics["hr@10"]
-                results["ranker_gain"] = validation.ranker_gain(retriever, ranker, options)
+                use_ranker = results["cooccurrence"]["hr@10"] >= retrieval_metrics["hr@10"]
+                results["ranker_gain"] = validation.ranker_gain(
+                    retriever, ranker, options, prior=prior
+                )
                 gain = results["ranker_gain"]
                 console.print(
                     f"ranker: validation HR@10 {gain['hr@10']:+.4f} ± {gain['hr@10_se']:.4f}, "
@@ -209,6 +241,7 @@ class Recommender:
             validation_history=history,
             features=features,
             history_actions=history_actions,
+            cooccurrence_weight=results.get("cooccurrence", {}).get("weight", 0.0),
         )
         # The budget's overrun, if any, measured to the end: what `time_budget_s` can't cap.
         seconds = time.perf_counter() - start
@@ -348,6 +381,7 @@ class Recommender:
             excluded(request.sequences if request.exclude_seen else no_items),
             self.options,
             k,
+            self.cooccurrence,
         )
 
     def _resolve_use_ranker(self, use_ranker: bool | None) -> bool:
@@ -429,6 +463,7 @@ class Recommender:
                 validation=self.validation,
                 validation_history=self.validation_history,
                 features=self.features,
+                cooccurrence_weight=self.cooccurrence_weight,
             ),
             directory,
         )
@@ -454,6 +489,7 @@ class Recommender:
             validation_history=saved.validation_history,
             features=saved.features,
             history_actions=saved.history_actions,
+            cooccurrence_weight=saved.cooccurrence_weight,
         )
 
 

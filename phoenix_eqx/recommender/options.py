@@ -137,7 +137,10 @@ class OptimizationOptions(_Checked):
     (each stage's first step: 5-9 s), and the first validation of a stage that has validated
     no epoch yet (it compiles: 3-8 s). Measured on the 2-core CPU machine, default options:
     budgets of 2 s and 5 s took 14 s (5 s took 32 s before this cap), 60 s took 66 s (the
-    ranker's first validation). fit's last console line gives its time against the budget."""
+    ranker's first validation). With the co-occurrence prior, the ranker stops that much
+    earlier again (retrieval's first step and validation) to leave its weight's choice time;
+    past the budget, fit serves the ranker without it. fit's last console line gives its time
+    against the budget."""
     retrieval_share: float = 0.75
     """The share of `time_budget_s` that retrieval gets; the ranker has the rest (and what
     retrieval leaves when patience stops it early)."""
@@ -283,9 +286,33 @@ class ServingOptions(_Checked):
     )
     """`(action name, weight)` pairs: the ranker orders by `sum(weight * probability)`, or with
     `ranker_loss="listwise"` by retrieval's logit plus `sum(weight * logit)`."""
+    cooccurrence_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    """Weights of the co-occurrence prior (`recommender.CooccurrencePrior`) in the ranker's
+    served score that validation chooses among (0: without it); `(0.0,)` turns it off."""
+    cooccurrence_max_items: int = 50_000
+    """The largest catalogue the prior is built for (its scoring holds a `[users, items]`
+    profile per call)."""
 
     def _check(self):
         _int(self, "num_retrieved", 1)
+        _int(self, "cooccurrence_max_items", 1)
+        weights = self.cooccurrence_weights
+        if (
+            not isinstance(weights, tuple | list)
+            or not weights
+            or any(
+                isinstance(w, bool | np.bool_)
+                or not isinstance(w, int | float | np.number)
+                or not math.isfinite(float(w))
+                or w < 0
+                for w in weights
+            )
+        ):
+            raise ValueError(
+                f"cooccurrence_weights: expected a non-empty tuple of finite numbers >= 0, "
+                f"got {weights!r}"
+            )
+        object.__setattr__(self, "cooccurrence_weights", tuple(float(w) for w in weights))
         pairs = self.action_weights
         if isinstance(pairs, str | bytes | dict) or not isinstance(pairs, tuple | list):
             raise ValueError(

@@ -77,6 +77,7 @@ class Saved:
     validation: dict[str, dict[str, float]]
     validation_history: list
     features: FeatureHashes
+    cooccurrence_weight: float = 0.0
 
 
 def save(saved: Saved, directory: str | os.PathLike) -> None:
@@ -126,6 +127,7 @@ def _encode(saved: Saved) -> dict[str, bytes]:
         "item_ids": saved.item_ids,
         "user_ids": list(saved.histories),
         "use_ranker": saved.use_ranker,
+        "cooccurrence_weight": saved.cooccurrence_weight,
         "validation": saved.validation,
         "validation_history": saved.validation_history,
         "features": {
@@ -277,6 +279,7 @@ def load(directory: str | os.PathLike, *, verify: bool = True) -> Saved:
         validation=meta["validation"],
         validation_history=[tuple(record) for record in meta["validation_history"]],
         features=features,
+        cooccurrence_weight=_cooccurrence_weight(meta),
     )
 
 
@@ -390,10 +393,29 @@ def _metadata(data: bytes, *, has_manifest: bool) -> dict[str, Any]:
 def _options(fields: dict[str, Any]) -> FitOptions:
     try:
         weights = tuple((name, weight) for name, weight in fields["action_weights"])
+        # JSON keeps tuples as lists; saves from before the prior have no weights (off).
+        prior_weights = tuple(fields.get("cooccurrence_weights", (0.0,)))
         # Saves from before the residual ranker trained and served the BCE one.
-        return FitOptions(**{"ranker_loss": "bce", **fields, "action_weights": weights})
+        return FitOptions(
+            **{
+                "ranker_loss": "bce",
+                **fields,
+                "action_weights": weights,
+                "cooccurrence_weights": prior_weights,
+            }
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"recommender.json: options: expected FitOptions, got {error}") from None
+
+
+def _cooccurrence_weight(meta: dict[str, Any]) -> float:
+    """The prior's weight; saves from before the prior have none (0)."""
+    weight = meta.get("cooccurrence_weight", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight >= 0:
+        raise ValueError(
+            f"recommender.json: cooccurrence_weight: expected a number >= 0, got {weight!r}"
+        )
+    return float(weight)
 
 
 def _ids(meta: dict[str, Any], field: str) -> list:

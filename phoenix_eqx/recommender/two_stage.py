@@ -11,6 +11,7 @@ from jaxtyping import Array, Float, Int
 
 from ..training.models import TrainableRanker, TrainableRetriever
 from .batches import padded_rows, recsys_batch
+from .cooccurrence import CooccurrencePrior
 from .corpus_search import dot_scores, top_unseen, uses_blocks
 from .options import FitOptions
 
@@ -61,10 +62,12 @@ def two_stage(
     action_weights: Float[Array, " actions"],
     num_retrieved: int,
     residual: bool,
+    prior: CooccurrencePrior | None = None,
 ) -> tuple[Int[Array, "batch retrieved"], Float[Array, "batch retrieved"]]:
     """Retrieve `num_retrieved` rows, then order them by the ranker: with `residual`, by
     `residual_scores` of retrieval's logit (the dot product over the retriever's temperature,
-    the logit it was trained with); otherwise by its weighted action probabilities. Without a
+    the logit it was trained with); otherwise by its weighted action probabilities; with a
+    `prior`, plus its weight times the candidate's co-occurrence prior. Without a
     ranker the retrieval order is final (dot products as scores). The ranker reads
     `history_actions` (`recsys_batch`; None: every item engaged), retrieval never does.
     Callers keep the first `k`: one compilation serves every `k`.
@@ -83,6 +86,8 @@ def two_stage(
         scores = residual_scores(retrieval_scores / retriever.temperature, logits, action_weights)
     else:
         scores = jax.nn.sigmoid(logits.astype(jnp.float32)) @ action_weights
+    if prior is not None:
+        scores = scores + prior.weight * prior(histories, candidates)
     scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
     top_scores, slots = jax.lax.top_k(scores, num_retrieved)
     return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
@@ -121,10 +126,12 @@ def rank_in_chunks(
     excluded: np.ndarray,
     options: FitOptions,
     k: int,
+    prior: CooccurrencePrior | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays, serving as
     `options` say (`num_retrieved`, `action_weights`, `residual_ranker`, and whether the
-    ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`)."""
+    ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`),
+    the ranker's scores plus `prior`'s, if given."""
     num_users = histories.shape[0]
     num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
     chunk = chunk_size(num_users, item_vectors.shape[0], num_retrieved)
@@ -147,6 +154,7 @@ def rank_in_chunks(
             weights,
             num_retrieved,
             options.residual_ranker,
+            prior,
         )
         indices.append(np.asarray(found)[: rows.size, :k])
         scores.append(np.asarray(found_scores)[: rows.size, :k])

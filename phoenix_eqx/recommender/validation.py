@@ -7,11 +7,13 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
+from rich.console import Console
 
 from ..data.feature_hashes import FeatureHashes
 from ..training.metrics import paired_difference, ranked_list_per_user
 from ..training.models import TrainableRanker, TrainableRetriever
 from .batches import excluded, windows
+from .cooccurrence import CooccurrencePrior, prior_scores
 from .index import IndexedLog
 from .models import item_vectors
 from .options import FitOptions
@@ -36,9 +38,11 @@ class Validation:
         ranker: TrainableRanker | None,
         options: FitOptions,
         k: int = 10,
+        prior: CooccurrencePrior | None = None,
     ) -> dict[str, float]:
-        """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker."""
-        per_user = self.per_user(retriever, ranker, options, k)
+        """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker
+        (and the ranker's co-occurrence `prior`)."""
+        per_user = self.per_user(retriever, ranker, options, k, prior)
         return {name: float(values.mean()) for name, values in per_user.items()}
 
     def ranker_gain(
@@ -47,12 +51,13 @@ class Validation:
         ranker: TrainableRanker,
         options: FitOptions,
         k: int = 10,
+        prior: CooccurrencePrior | None = None,
     ) -> dict[str, float]:
         """How much the ranker lifts HR@k and NDCG@k over retrieval alone on these users:
         the paired differences and their standard errors (`paired_difference`, "hr@k_se"),
         and the ceiling of any re-ranking, "retrieval_recall@n": the share of held-out items
         among the `n` (`num_retrieved`) that retrieval hands the ranker."""
-        with_ranker = self.per_user(retriever, ranker, options, k)
+        with_ranker = self.per_user(retriever, ranker, options, k, prior)
         retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
         found = self.found(retriever, None, options, retrieved)
         alone = ranked_list_per_user(found[:, :k], self.targets, k)
@@ -70,9 +75,11 @@ class Validation:
         ranker: TrainableRanker | None,
         options: FitOptions,
         k: int,
+        prior: CooccurrencePrior | None = None,
     ) -> dict[str, np.ndarray]:
         """Each held-out user's HR@k and NDCG@k, as `recommend` serves with or without ranker."""
-        return ranked_list_per_user(self.found(retriever, ranker, options, k), self.targets, k)
+        found = self.found(retriever, ranker, options, k, prior)
+        return ranked_list_per_user(found, self.targets, k)
 
     def found(
         self,
@@ -80,6 +87,7 @@ class Validation:
         ranker: TrainableRanker | None,
         options: FitOptions,
         k: int,
+        prior: CooccurrencePrior | None = None,
     ) -> np.ndarray:
         """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them."""
         found, _ = rank_in_chunks(
@@ -93,8 +101,44 @@ class Validation:
             self.excluded,
             options,
             k,
+            prior,
         )
         return found
+
+    def prior_weight_metrics(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker,
+        prior: CooccurrencePrior,
+        options: FitOptions,
+        k: int = 10,
+    ) -> list[dict[str, float]]:
+        """HR@k and NDCG@k of both stages with `prior` at each of `options.cooccurrence_weights`.
+        The two stages run once: the prior only re-orders the ranker's scored candidates, so
+        each weight re-sorts them (a stable sort, where serving's `top_k` may order exact ties
+        otherwise)."""
+        retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+        rows, scores = rank_in_chunks(
+            retriever,
+            ranker,
+            item_vectors(retriever, self.item_hashes),
+            self.item_hashes,
+            self.users,
+            self.histories,
+            self.history_actions,
+            self.excluded,
+            options,
+            retrieved,
+        )
+        extra = prior_scores(prior, self.histories, rows)
+        results = []
+        for weight in options.cooccurrence_weights:
+            served = scores + np.float32(weight) * extra
+            order = np.argsort(-served, axis=1, kind="stable")[:, :k]
+            found = np.take_along_axis(rows, order, axis=1)
+            per_user = ranked_list_per_user(found, self.targets, k)
+            results.append({name: float(values.mean()) for name, values in per_user.items()})
+        return results
 
 
 def hold_out_last(
@@ -126,3 +170,40 @@ def hold_out_last(
         item_hashes=jnp.asarray(features.item_hashes),
     )
     return train, train_actions, validation
+
+
+def choose_prior(
+    retriever: TrainableRetriever,
+    ranker: TrainableRanker,
+    train: list[np.ndarray],
+    num_items: int,
+    validation: Validation,
+    options: FitOptions,
+    ranker_metrics: dict[str, float],
+    console: Console,
+) -> tuple[CooccurrencePrior | None, dict[str, float]]:
+    """The co-occurrence prior of the training sequences `train` at the weight of
+    `options.cooccurrence_weights` with the best validation HR@10 (then NDCG@10, then the
+    smaller weight), and both stages' validation metrics with it, served as `recommend`
+    serves ("weight" among them). None, and `ranker_metrics` (the ranker's own), where
+    validation chose weight 0, the prior is off (weights `(0.0,)`) or the catalogue is larger
+    than `cooccurrence_max_items`."""
+    if options.cooccurrence_weights == (0.0,) or num_items > options.cooccurrence_max_items:
+        return None, {"weight": 0.0, **ranker_metrics}
+    prior = CooccurrencePrior.of(train, num_items)
+    tried = validation.prior_weight_metrics(retriever, ranker, prior, options)
+    best = max(
+        range(len(tried)),
+        key=lambda i: (tried[i]["hr@10"], tried[i]["ndcg@10"], -options.cooccurrence_weights[i]),
+    )
+    weight = options.cooccurrence_weights[best]
+    by_weight = zip(options.cooccurrence_weights, tried, strict=True)
+    console.print(
+        "co-occurrence prior: validation HR@10 by weight "
+        + ", ".join(f"{w:g}: {m['hr@10']:.4f}" for w, m in by_weight)
+        + f"; serving weight {weight:g}"
+    )
+    if weight == 0:
+        return None, {"weight": 0.0, **ranker_metrics}
+    prior = prior.with_weight(weight)
+    return prior, {"weight": weight, **validation.metrics(retriever, ranker, options, prior=prior)}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
+from scipy import sparse
 
 from ..data.interactions import SequenceSplit, Stage, leave_last_out
 from ..data.movielens import load_movielens_1m
@@ -44,6 +45,49 @@ def item_similarity(
         weakest = np.argpartition(-similarity, neighbours, axis=0)[neighbours:]
         np.put_along_axis(similarity, weakest, 0.0, axis=0)
     return similarity
+
+
+def item_neighbours(
+    sequences: Sequence[Int[np.ndarray, " _length"]],
+    num_items: int,
+    neighbours: int = 100,
+    shrinkage: float = 10.0,
+) -> tuple[
+    Int[np.ndarray, "items_plus_one neighbours"], Float[np.ndarray, "items_plus_one neighbours"]
+]:
+    """`item_similarity` of the users' item sets (`sequences[u]`: user `u`'s items `1..num_items`),
+    kept sparse: row `j` lists the items most similar to item `j` and their similarities,
+    best first, padded with item 0 and similarity 0 (row 0 is padding). Co-occurrences are
+    counted by a sparse product, so memory grows with the pairs that occur, not `items ** 2`."""
+    if neighbours < 1 or shrinkage < 0:
+        raise ValueError(
+            f"neighbours, shrinkage: expected >= 1 and >= 0, got {neighbours}, {shrinkage}"
+        )
+    rows = np.concatenate(
+        [np.full(len(s), u) for u, s in enumerate(sequences)] + [np.zeros(0, int)]
+    )
+    cols = np.concatenate([np.asarray(s, np.int64) for s in sequences] + [np.zeros(0, np.int64)])
+    if cols.size and (cols.min() < 1 or cols.max() > num_items):
+        raise ValueError(
+            f"sequences: expected items in 1..{num_items}, got {cols.min()}..{cols.max()}"
+        )
+    shape = (len(sequences), num_items + 1)
+    matrix = sparse.csr_matrix((np.ones(cols.size), (rows, cols)), shape=shape)
+    matrix.data[:] = 1.0  # a user's repeated item counts once, as in the dense matrix
+    co_counts = (matrix.T @ matrix).tocsc()
+    norms = np.sqrt(co_counts.diagonal())
+    ids = np.zeros((num_items + 1, neighbours), np.int32)
+    weights = np.zeros((num_items + 1, neighbours), np.float32)
+    for item in range(1, num_items + 1):
+        start, stop = co_counts.indptr[item], co_counts.indptr[item + 1]
+        others = co_counts.indices[start:stop]
+        similarity = co_counts.data[start:stop] / (norms[others] * norms[item] + shrinkage)
+        keep = (others != item) & (similarity > 0)
+        others, similarity = others[keep], similarity[keep]
+        best = np.argsort(-similarity, kind="stable")[:neighbours]
+        ids[item, : best.size] = others[best]
+        weights[item, : best.size] = similarity[best]
+    return ids, weights
 
 
 def item_knn_scores(

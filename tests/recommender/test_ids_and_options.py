@@ -106,6 +106,8 @@ def test_a_user_who_has_seen_every_item_scores_minus_inf_without_nan(tuple_ids, 
         ("action_weights", (("click_score", "high"),), "action_weights: expected a number"),
         ("action_weights", {"click_score": 1.0}, "action_weights: expected a tuple of"),
         ("action_weights", (("click_score", 1.0, 2.0),), "action_weights: expected \\(action"),
+        ("cooccurrence_weights", (0.0, -1.0), "cooccurrence_weights: expected a non-empty"),
+        ("cooccurrence_weights", (), "cooccurrence_weights: expected a non-empty"),
     ],
 )
 def test_every_option_has_one_rule_and_names_its_field(field, value, message):

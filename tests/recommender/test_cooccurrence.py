@@ -1,0 +1,131 @@
+"""The co-occurrence prior: its neighbour table is the kNN baseline's similarity kept sparse,
+its scores are the recent item-kNN baseline's, a candidate's score ignores the other
+candidates and masked history, and weight 0 serves exactly what no prior serves."""
+
+import dataclasses
+
+import jax
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import phoenix_eqx as px
+from phoenix_eqx.data.feature_hashes import feature_hashes
+from phoenix_eqx.recommender.batches import windows
+from phoenix_eqx.recommender.cooccurrence import DECAY, WINDOW, CooccurrencePrior, prior_scores
+from phoenix_eqx.recommender.models import build_models
+from phoenix_eqx.training.baselines import item_neighbours, item_similarity, recency_profiles
+
+from ..helpers import TINY_FIT_OPTIONS
+
+
+def _random_log(seed: int, num_users: int, num_items: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, num_items + 1, rng.integers(1, 30)) for _ in range(num_users)]
+
+
+def _matrix(sequences: list[np.ndarray], num_items: int) -> np.ndarray:
+    matrix = np.zeros((len(sequences), num_items + 1), bool)
+    for user, sequence in enumerate(sequences):
+        matrix[user, sequence] = True
+    return matrix
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), num_items=st.integers(2, 40), neighbours=st.integers(1, 50))
+def test_neighbours_are_the_dense_similaritys_best_per_item(seed, num_items, neighbours):
+    """Per item, the kept similarities are the dense `item_similarity`'s largest (ties may
+    keep either item, with the same value), at the rows they name."""
+    sequences = _random_log(seed, 30, num_items)
+    matrix = _matrix(sequences, num_items)
+    dense, everything = item_similarity(matrix, neighbours), item_similarity(matrix, num_items + 1)
+    ids, similarities = item_neighbours(sequences, num_items, neighbours)
+    for item in range(1, num_items + 1):
+        kept = similarities[item] > 0
+        np.testing.assert_allclose(
+            similarities[item][kept], everything[ids[item][kept], item], rtol=1e-6
+        )
+        best = np.sort(dense[:, item])[::-1][: kept.sum()]
+        np.testing.assert_allclose(similarities[item][kept], best, rtol=1e-6)
+        assert np.count_nonzero(dense[:, item]) == kept.sum()
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), history_seq_len=st.sampled_from([WINDOW, 2 * WINDOW]))
+def test_prior_is_the_recent_item_knn_score_of_each_candidate(seed, history_seq_len):
+    """Whatever the other candidates: the prior of candidate `c` is the recent item-kNN
+    baseline's score of `c` (recency profile times the similarity)."""
+    num_items = 25
+    sequences = _random_log(seed, 40, num_items)
+    prior = CooccurrencePrior.of(sequences, num_items)
+    dense = item_similarity(_matrix(sequences, num_items), 200)
+    rng = np.random.default_rng(seed)
+    histories = [rng.integers(1, num_items + 1, rng.integers(1, 50)) for _ in range(6)]
+    expected = (
+        recency_profiles(
+            np.array([np.pad(h, (0, 60 - h.size)) for h in histories]),
+            np.array([h.size for h in histories]),
+            num_items,
+            WINDOW,
+            DECAY,
+        )
+        @ dense
+    )
+    window = windows(histories, history_seq_len)
+    candidates = rng.integers(0, num_items + 1, (6, 7))
+    scores = prior_scores(prior, window, candidates)
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(expected, candidates, 1), rtol=1e-5, atol=1e-6
+    )
+    other = candidates.copy()
+    other[:, 1:] = rng.integers(0, num_items + 1, (6, 6))
+    np.testing.assert_array_equal(prior_scores(prior, window, other)[:, 0], scores[:, 0])
+
+
+def test_weight_zero_serves_what_no_prior_serves():
+    """A Recommender whose prior has weight 0 is one without a prior (built only when the
+    weight is positive), and a positive weight re-orders only the ranker's candidates."""
+    options = dataclasses.replace(TINY_FIT_OPTIONS, num_retrieved=12)
+    item_ids, user_ids = list(range(30)), list(range(20))
+    rng = np.random.default_rng(0)
+    logs = {user: rng.choice(30, 10).astype(np.int32) + 1 for user in user_ids}
+    features = feature_hashes(item_ids, user_ids)
+    retriever, ranker = build_models(options, features, key=jax.random.key(0))
+    made = {
+        weight: px.Recommender(
+            retriever,
+            ranker,
+            options,
+            item_ids,
+            logs,
+            use_ranker=True,
+            validation={"retrieval": {"hr@10": 0.0}, "ranker": {"hr@10": 0.0}},
+            features=features,
+            cooccurrence_weight=weight,
+        )
+        for weight in (0.0, 100.0)
+    }
+    assert made[0.0].cooccurrence is None and made[100.0].cooccurrence is not None
+    ranked, _ = made[0.0].recommend(user_ids, k=12)
+    weighted, _ = made[100.0].recommend(user_ids, k=12)
+    assert not np.array_equal(ranked, weighted)
+    np.testing.assert_array_equal(np.sort(ranked, 1), np.sort(weighted, 1))
+
+
+def test_fit_chooses_the_weight_on_validation_and_a_save_keeps_it(walk_log, tmp_path):
+    """Fit records each weight's validation and serves the chosen one; load serves the same."""
+    users, items, times = walk_log(80, 30, 8)
+    options = dataclasses.replace(
+        TINY_FIT_OPTIONS,
+        num_retrieved=12,
+        cooccurrence_weights=px.FitOptions().cooccurrence_weights,
+    )
+    rec = px.Recommender.fit(users, items, times, options=options)
+    chosen = rec.validation["cooccurrence"]["weight"]
+    assert chosen in options.cooccurrence_weights and rec.cooccurrence_weight == chosen
+    rec.save(tmp_path / "model")
+    loaded = px.Recommender.load(tmp_path / "model")
+    assert loaded.cooccurrence_weight == chosen
+    np.testing.assert_array_equal(
+        loaded.recommend([0, 1, 2], k=5)[0], rec.recommend([0, 1, 2], k=5)[0]
+    )
