@@ -28,12 +28,12 @@ def read_result(path: str) -> dict:
 
 
 def budget_points(results: list[dict]) -> list[dict]:
-    """Per run, sorted by fit time: minutes, retrieval's and both stages' HR@10 (the latter
-    None when the ranker did not train)."""
+    """Per run, sorted by fit time: minutes, retrieval's and both stages' HR@10 as served
+    (with the co-occurrence prior when fit chose one; None when the ranker did not train)."""
     points = []
     for result in results:
         validation = result["validation"]
-        ranker = validation.get("ranker")
+        ranker = validation.get("cooccurrence", validation.get("ranker"))
         points.append(
             {
                 "minutes": result["wall_s"] / 60,

@@ -90,7 +90,18 @@ class Validation:
         prior: CooccurrencePrior | None = None,
     ) -> np.ndarray:
         """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them."""
-        found, _ = rank_in_chunks(
+        return self.ranked(retriever, ranker, options, k, prior)[0]
+
+    def ranked(
+        self,
+        retriever: TrainableRetriever,
+        ranker: TrainableRanker | None,
+        options: FitOptions,
+        k: int,
+        prior: CooccurrencePrior | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`found`'s item rows and their served scores."""
+        return rank_in_chunks(
             retriever,
             ranker,
             item_vectors(retriever, self.item_hashes),
@@ -103,7 +114,6 @@ class Validation:
             k,
             prior,
         )
-        return found
 
     def prior_weight_metrics(
         self,
@@ -118,18 +128,7 @@ class Validation:
         each weight re-sorts them (a stable sort, where serving's `top_k` may order exact ties
         otherwise)."""
         retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
-        rows, scores = rank_in_chunks(
-            retriever,
-            ranker,
-            item_vectors(retriever, self.item_hashes),
-            self.item_hashes,
-            self.users,
-            self.histories,
-            self.history_actions,
-            self.excluded,
-            options,
-            retrieved,
-        )
+        rows, scores = self.ranked(retriever, ranker, options, retrieved)
         extra = prior_scores(prior, self.histories, rows)
         results = []
         for weight in options.cooccurrence_weights:
