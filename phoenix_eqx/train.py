@@ -235,6 +235,23 @@ def _parse_bool(text: str) -> bool:
     return values[text.lower()]
 
 
+def _parse_numbers(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers, e.g. `0,1,2` (a tuple field such as `cooccurrence_weights`)."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def _flag_type(default):
+    """How a flag's text becomes its field's value."""
+    if isinstance(default, bool):
+        return _parse_bool
+    return _parse_numbers if isinstance(default, tuple) else type(default)
+
+
 def parser(prog: str = "python -m phoenix_eqx.train") -> argparse.ArgumentParser:
     """The flags: the data set and outputs, `--budget`, and one flag per `FitOptions` field."""
     defaults = FitOptions()
@@ -266,7 +283,7 @@ def parser(prog: str = "python -m phoenix_eqx.train") -> argparse.ArgumentParser
         default = getattr(defaults, field.name)
         p.add_argument(
             "--" + field.name.replace("_", "-"),
-            type=_parse_bool if isinstance(default, bool) else type(default),
+            type=_flag_type(default),
             choices=FLAG_CHOICES.get(field.name),
             default=None,
             help=f"default {default}",

@@ -27,7 +27,7 @@ from .options import FitOptions
 from .ranker_stage import train_ranker
 from .retrieval_stage import train_retriever
 from .two_stage import chunk_bounds, rank_in_chunks, retrieval_scores
-from .validation import choose_prior, hold_out_last
+from .validation import choose_prior, hold_out_last, prior_applies
 
 
 class Recommender:
@@ -174,12 +174,9 @@ class Recommender:
         results = {"retrieval": retrieval_metrics}
         use_ranker = options.ranker_epochs > 0
         if use_ranker:
-            with_prior = (
-                options.cooccurrence_weights != (0.0,)
-                and len(log.item_ids) <= options.cooccurrence_max_items
-            )
             # Choosing the prior's weight follows the ranker: two validation passes, compiled
             # anew. Retrieval's startup (its first step and validation) is kept free for it.
+            with_prior = prior_applies(options, len(log.item_ids))
             prior_reserve = run.startup_s[0] if with_prior else 0.0
             trained = train_ranker(
                 warm_start_ranker(ranker, retriever) if options.ranker_warm_start else ranker,

@@ -171,6 +171,12 @@ def hold_out_last(
     return train, train_actions, validation
 
 
+def prior_applies(options: FitOptions, num_items: int) -> bool:
+    """Whether fit chooses a co-occurrence prior's weight: some weight is positive and the
+    catalogue is at most `options.cooccurrence_max_items` items."""
+    return options.cooccurrence_weights != (0.0,) and num_items <= options.cooccurrence_max_items
+
+
 def choose_prior(
     retriever: TrainableRetriever,
     ranker: TrainableRanker,
@@ -187,7 +193,7 @@ def choose_prior(
     serves ("weight" among them). None, and `ranker_metrics` (the ranker's own), where
     validation chose weight 0, the prior is off (weights `(0.0,)`) or the catalogue is larger
     than `cooccurrence_max_items`."""
-    if options.cooccurrence_weights == (0.0,) or num_items > options.cooccurrence_max_items:
+    if not prior_applies(options, num_items):
         return None, {"weight": 0.0, **ranker_metrics}
     prior = CooccurrencePrior.of(train, num_items)
     tried = validation.prior_weight_metrics(retriever, ranker, prior, options)

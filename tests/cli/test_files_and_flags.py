@@ -190,7 +190,7 @@ def _bad_value(field: dataclasses.Field) -> str:
     default = getattr(FitOptions(), field.name)
     if isinstance(default, bool):
         return "maybe"
-    return {int: "-1", float: "nan", str: "nope"}[type(default)]
+    return {int: "-1", float: "nan", str: "nope", tuple: "1,-1"}[type(default)]
 
 
 @pytest.mark.parametrize(
