@@ -59,7 +59,7 @@ class Validation:
         among the `n` (`num_retrieved`) that retrieval hands the ranker."""
         with_ranker = self.per_user(retriever, ranker, options, k, prior)
         retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
-        found = self.found(retriever, None, options, retrieved)
+        found, _ = self.ranked(retriever, None, options, retrieved)
         alone = ranked_list_per_user(found[:, :k], self.targets, k)
         recall = ranked_list_per_user(found, self.targets, retrieved)[f"hr@{retrieved}"]
         gain = {f"retrieval_recall@{retrieved}": float(recall.mean())}
@@ -78,19 +78,8 @@ class Validation:
         prior: CooccurrencePrior | None = None,
     ) -> dict[str, np.ndarray]:
         """Each held-out user's HR@k and NDCG@k, as `recommend` serves with or without ranker."""
-        found = self.found(retriever, ranker, options, k, prior)
+        found, _ = self.ranked(retriever, ranker, options, k, prior)
         return ranked_list_per_user(found, self.targets, k)
-
-    def found(
-        self,
-        retriever: TrainableRetriever,
-        ranker: TrainableRanker | None,
-        options: FitOptions,
-        k: int,
-        prior: CooccurrencePrior | None = None,
-    ) -> np.ndarray:
-        """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them."""
-        return self.ranked(retriever, ranker, options, k, prior)[0]
 
     def ranked(
         self,
@@ -100,7 +89,8 @@ class Validation:
         k: int,
         prior: CooccurrencePrior | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """`found`'s item rows and their served scores."""
+        """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them, and
+        their served scores."""
         return rank_in_chunks(
             retriever,
             ranker,
