@@ -27,7 +27,7 @@ from .options import FitOptions
 from .ranker_stage import train_ranker
 from .retrieval_stage import train_retriever
 from .two_stage import chunk_bounds, rank_in_chunks, retrieval_scores
-from .validation import choose_prior, hold_out_last, prior_applies
+from .validation import choose_prior, hold_out_last, means, prior_applies
 
 
 class Recommender:
@@ -200,25 +200,20 @@ class Recommender:
                 use_ranker = False
             else:
                 ranker, results["ranker"] = trained
+                prior = None
                 if time.perf_counter() < start + budget:
-                    prior, results["cooccurrence"] = choose_prior(
-                        retriever,
-                        ranker,
-                        train,
-                        len(log.item_ids),
-                        validation,
-                        options,
-                        results["ranker"],
-                        console,
+                    prior = choose_prior(
+                        retriever, ranker, train, len(log.item_ids), validation, options, console
                     )
                 else:
                     console.print("co-occurrence prior: the budget is spent, served without it")
-                    prior, results["cooccurrence"] = None, {"weight": 0.0, **results["ranker"]}
+                # Both stages as served, one validation pass for their metrics and their gain.
+                served = validation.per_user(retriever, ranker, options, 10, prior)
+                weight = 0.0 if prior is None else float(prior.weight)
+                results["cooccurrence"] = {"weight": weight, **means(served)}
                 # Model selection on validation: serve the ranker's order only where it helps.
                 use_ranker = results["cooccurrence"]["hr@10"] >= retrieval_metrics["hr@10"]
-                results["ranker_gain"] = validation.ranker_gain(
-                    retriever, ranker, options, prior=prior
-                )
+                results["ranker_gain"] = validation.gain_over_retrieval(retriever, served, options)
                 gain = results["ranker_gain"]
                 console.print(
                     f"ranker: validation HR@10 {gain['hr@10']:+.4f} ± {gain['hr@10_se']:.4f}, "

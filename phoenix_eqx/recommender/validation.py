@@ -42,8 +42,7 @@ class Validation:
     ) -> dict[str, float]:
         """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker
         (and the ranker's co-occurrence `prior`)."""
-        per_user = self.per_user(retriever, ranker, options, k, prior)
-        return {name: float(values.mean()) for name, values in per_user.items()}
+        return means(self.per_user(retriever, ranker, options, k, prior))
 
     def ranker_gain(
         self,
@@ -58,6 +57,16 @@ class Validation:
         and the ceiling of any re-ranking, "retrieval_recall@n": the share of held-out items
         among the `n` (`num_retrieved`) that retrieval hands the ranker."""
         with_ranker = self.per_user(retriever, ranker, options, k, prior)
+        return self.gain_over_retrieval(retriever, with_ranker, options, k)
+
+    def gain_over_retrieval(
+        self,
+        retriever: TrainableRetriever,
+        with_ranker: dict[str, np.ndarray],
+        options: FitOptions,
+        k: int = 10,
+    ) -> dict[str, float]:
+        """`ranker_gain` of per-user results already computed (`per_user` of both stages)."""
         retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
         found, _ = self.ranked(retriever, None, options, retrieved)
         alone = ranked_list_per_user(found[:, :k], self.targets, k)
@@ -125,8 +134,7 @@ class Validation:
             served = scores + np.float32(weight) * extra
             order = np.argsort(-served, axis=1, kind="stable")[:, :k]
             found = np.take_along_axis(rows, order, axis=1)
-            per_user = ranked_list_per_user(found, self.targets, k)
-            results.append({name: float(values.mean()) for name, values in per_user.items()})
+            results.append(means(ranked_list_per_user(found, self.targets, k)))
         return results
 
 
@@ -174,17 +182,14 @@ def choose_prior(
     num_items: int,
     validation: Validation,
     options: FitOptions,
-    ranker_metrics: dict[str, float],
     console: Console,
-) -> tuple[CooccurrencePrior | None, dict[str, float]]:
+) -> CooccurrencePrior | None:
     """The co-occurrence prior of the training sequences `train` at the weight of
     `options.cooccurrence_weights` with the best validation HR@10 (then NDCG@10, then the
-    smaller weight), and both stages' validation metrics with it, served as `recommend`
-    serves ("weight" among them). None, and `ranker_metrics` (the ranker's own), where
-    validation chose weight 0, the prior is off (weights `(0.0,)`) or the catalogue is larger
-    than `cooccurrence_max_items`."""
+    smaller weight). None where validation chose weight 0, the prior is off (weights
+    `(0.0,)`) or the catalogue is larger than `cooccurrence_max_items`."""
     if not prior_applies(options, num_items):
-        return None, {"weight": 0.0, **ranker_metrics}
+        return None
     prior = CooccurrencePrior.of(train, num_items)
     tried = validation.prior_weight_metrics(retriever, ranker, prior, options)
     best = max(
@@ -198,7 +203,9 @@ def choose_prior(
         + ", ".join(f"{w:g}: {m['hr@10']:.4f}" for w, m in by_weight)
         + f"; serving weight {weight:g}"
     )
-    if weight == 0:
-        return None, {"weight": 0.0, **ranker_metrics}
-    prior = prior.with_weight(weight)
-    return prior, {"weight": weight, **validation.metrics(retriever, ranker, options, prior=prior)}
+    return prior.with_weight(weight) if weight > 0 else None
+
+
+def means(per_user: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each metric's mean over the users."""
+    return {name: float(values.mean()) for name, values in per_user.items()}
