@@ -5,6 +5,8 @@ expected embeddings looked up elsewhere). `InputEmbedding` holds the seed's inpu
 and builds the `[user | history | candidates]` token sequence with its validity mask.
 """
 
+from typing import Literal
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,9 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .inputs import RecsysBatch, RecsysEmbeddings, ids_in_range
 from .transformer import truncated_normal_init
+
+# The entity kinds with a table each; `HashEmbeddingTables.<kind>_table` is the kind's table.
+TableKind = Literal["user", "post", "author"]
 
 
 def lookup_rows(
@@ -61,11 +66,11 @@ class HashEmbeddingTables(eqx.Module):
         self.author_table = init_std * jax.random.normal(author_key, (num_author_rows, emb_size))
 
     def lookup(
-        self, table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
+        self, kind: TableKind, ids: Int[Array, "*shape"], name: str
     ) -> Float[Array, "*shape emb"]:
-        """`lookup_rows` of one of these tables (`ShardedHashEmbeddingTables` overrides it to
-        look up rows split over devices)."""
-        return lookup_rows(table, ids, name)
+        """`lookup_rows` of the `kind` table (`ShardedHashEmbeddingTables` overrides it to look
+        up rows split over devices, `training.TableRows` to look up a step's rows only)."""
+        return lookup_rows(getattr(self, f"{kind}_table"), ids, name)
 
     def item_embeddings(
         self,
@@ -82,8 +87,8 @@ class HashEmbeddingTables(eqx.Module):
                 f"{name}post_hashes, got {author_hashes.shape}"
             )
         return (
-            self.lookup(self.post_table, post_hashes, f"{name}post_hashes"),
-            self.lookup(self.author_table, author_hashes, f"{name}author_hashes"),
+            self.lookup("post", post_hashes, f"{name}post_hashes"),
+            self.lookup("author", author_hashes, f"{name}author_hashes"),
         )
 
     def __call__(self, batch: RecsysBatch) -> RecsysEmbeddings:
@@ -94,7 +99,7 @@ class HashEmbeddingTables(eqx.Module):
             batch.candidate_post_hashes, batch.candidate_author_hashes, "batch.candidate_"
         )
         return RecsysEmbeddings(
-            user_embeddings=self.lookup(self.user_table, batch.user_hashes, "batch.user_hashes"),
+            user_embeddings=self.lookup("user", batch.user_hashes, "batch.user_hashes"),
             history_post_embeddings=history_post,
             candidate_post_embeddings=candidate_post,
             history_author_embeddings=history_author,

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int, PyTree
 
 from .distributed import _check_divisible
-from .embedding import HashEmbeddingTables
+from .embedding import HashEmbeddingTables, TableKind
 from .inputs import ids_in_range
 
 
@@ -86,9 +86,11 @@ class ShardedHashEmbeddingTables(HashEmbeddingTables):
         self.axis_name = axis_name
 
     def lookup(
-        self, table: Float[Array, "rows emb"], ids: Int[Array, "*shape"], name: str
+        self, kind: TableKind, ids: Int[Array, "*shape"], name: str
     ) -> Float[Array, "*shape emb"]:
-        return sharded_lookup_rows(table, ids, mesh=self.mesh, axis_name=self.axis_name, name=name)
+        return sharded_lookup_rows(
+            getattr(self, f"{kind}_table"), ids, mesh=self.mesh, axis_name=self.axis_name, name=name
+        )
 
 
 def shard_tables(tree: PyTree, mesh: Mesh, axis_name: str = "table") -> PyTree:

@@ -17,6 +17,7 @@ from jaxtyping import PyTree
 
 from ..config import ACTIONS
 from ..training.loop import Schedule, Stage
+from ..training.row_updates import RowsOf
 from ..training.sequential import SequenceLoss
 
 # The most history slots a model reads (the MovieLens-1M protocol's window).
@@ -181,8 +182,10 @@ class OptimizationOptions(_Checked):
         deadline: float,
         epoch_examples: Callable[[], Iterator[PyTree]],
         evaluate: Callable[[PyTree], dict[str, float]],
+        rows_of: RowsOf | None = None,
     ) -> Stage:
-        """A stage of `fit` that steps and stops as these options say (`training.loop`)."""
+        """A stage of `fit` that steps and stops as these options say (`training.loop`);
+        `rows_of`: see `Stage`."""
         return Stage(
             name=name,
             schedule=self.schedule(learning_rate),
@@ -192,6 +195,7 @@ class OptimizationOptions(_Checked):
             deadline=deadline,
             epoch_examples=epoch_examples,
             evaluate=evaluate,
+            rows_of=rows_of,
         )
 
 

@@ -1,5 +1,7 @@
 """The retrieval stage of `fit`: all-positions training, every position of every sequence a
-target in one causal pass, sequences batched by length so that little is spent on padding."""
+target in one causal pass, sequences batched by length so that little is spent on padding.
+With the sampled loss, steps update only the table rows they look up
+(`training.make_row_update_step`)."""
 
 import itertools
 
@@ -11,7 +13,7 @@ from .. import distributed
 from ..data.feature_hashes import FeatureHashes
 from ..training.loop import Run, on_mesh, run_stage
 from ..training.models import TrainableRetriever
-from ..training.sequential import SequenceExample, all_positions_objective
+from ..training.sequential import SequenceExample, all_positions_objective, all_positions_rows
 from .batches import author_hashes, padded_rows, recsys_batch, training_rows
 from .options import FitOptions
 from .validation import Validation
@@ -148,5 +150,7 @@ def train_retriever(
         deadline,
         epoch_examples,
         evaluate,
+        # The sampled loss looks up a few rows of the item table per step: update only those.
+        rows_of=all_positions_rows if loss == "sampled" else None,
     )
     return run_stage(retriever, objective, stage, run)

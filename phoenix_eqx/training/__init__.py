@@ -38,7 +38,8 @@ from .models import (
     retrieval_objective,
     warm_start_ranker,
 )
-from .sequential import SequenceExample, all_positions_objective
+from .row_updates import LookedUp, TableRows, make_row_update_step
+from .sequential import SequenceExample, all_positions_objective, all_positions_rows
 from .sparse_optim import RowwiseAdagradState, rowwise_adagrad, rowwise_adagrad_for_tables
 from .steps import init_optimizer, make_eval_step, make_train_step, trainable
 
@@ -46,15 +47,18 @@ __all__ = [
     "FULL_RANKING_KS",
     "RETRIEVAL_KS",
     "Checkpoint",
+    "LookedUp",
     "CheckpointManager",
     "NonFiniteLossError",
     "RankingExample",
     "RetrievalExample",
     "RowwiseAdagradState",
     "SequenceExample",
+    "TableRows",
     "TrainableRanker",
     "TrainableRetriever",
     "all_positions_objective",
+    "all_positions_rows",
     "calibration",
     "ease_weights",
     "evaluate_ranking",
@@ -70,6 +74,7 @@ __all__ = [
     "load_exported_model",
     "log_loss",
     "make_eval_step",
+    "make_row_update_step",
     "make_train_step",
     "paired_difference",
     "per_user_retrieval_metrics",

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import distributed
+from .row_updates import RowsOf, make_row_update_step
 from .steps import Objective, TrainStep, init_optimizer, make_train_step
 
 # One validation of a stage: (seconds since the run started, stage, epoch, validation HR@10).
@@ -93,7 +95,8 @@ class Stage:
     """One stage of a run: its name, how its optimiser steps, up to `epochs` passes of
     `steps` examples from `epoch_examples()`, `evaluate` after each epoch (validation HR@10
     and NDCG@10 of a replica of the model), stopping after `patience` epochs without a better
-    HR@10 or at `deadline` (`time.perf_counter` seconds; inf: none)."""
+    HR@10 or at `deadline` (`time.perf_counter` seconds; inf: none). With `rows_of`, steps
+    update only the table rows it names (`make_row_update_step`)."""
 
     name: str
     schedule: Schedule
@@ -103,6 +106,7 @@ class Stage:
     deadline: float
     epoch_examples: Callable[[], Iterator[PyTree]]
     evaluate: Callable[[PyTree], dict[str, float]]
+    rows_of: RowsOf | None = None
 
 
 def progress_display(verbose: bool) -> Progress:
@@ -136,7 +140,9 @@ def run_stage(
     while the stage has no validated epoch, one validation; past the deadline a stage that has
     one skips validating the cut epoch and keeps its best epoch."""
     optimizer = stage.schedule.optimizer()
-    step = _train_step(objective, optimizer, run.mesh)
+    step = _train_step(objective, optimizer, run.mesh, stage.rows_of)
+    # A row-update step consumes the model it is given: keep the caller's.
+    model = model if stage.rows_of is None else _copy(model)
     opt_state = init_optimizer(optimizer, model)
     best, best_metrics, best_epoch, stale = model, {"hr@10": -1.0, "ndcg@10": -1.0}, 0, 0
     clock = StageClock(time.perf_counter(), stage.deadline, run.mesh)
@@ -175,6 +181,8 @@ def run_stage(
                 break
             validation_started = time.perf_counter()
             replica = _replica(model, run.mesh)
+            if stage.rows_of is not None and run.mesh is None:
+                replica = _copy(replica)  # kept past the next step, which consumes `model`
             metrics = stage.evaluate(replica)
             validation_s = time.perf_counter() - validation_started
             if not best_epoch:
@@ -210,11 +218,26 @@ def _non_finite_message(stage: Stage, epoch: int, step: int, loss: float) -> str
 
 
 def _train_step(
-    objective: Objective, optimizer: optax.GradientTransformation, mesh: Mesh | None
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh | None,
+    rows_of: RowsOf | None,
 ) -> TrainStep:
-    """`make_train_step`, data-parallel over the mesh's batch axis when there is one."""
-    step = make_train_step(objective, optimizer)
+    """`make_train_step` (`make_row_update_step` with `rows_of`), data-parallel over the
+    mesh's batch axis when there is one."""
+    step = (
+        make_train_step(objective, optimizer)
+        if rows_of is None
+        else make_row_update_step(objective, optimizer, rows_of)
+    )
     return step if mesh is None else distributed.data_parallel(step, mesh=mesh)
+
+
+def _copy(tree: PyTree) -> PyTree:
+    """`tree` with its arrays copied."""
+    return jax.tree.map(
+        lambda leaf: jnp.array(leaf, copy=True) if eqx.is_array(leaf) else leaf, tree
+    )
 
 
 def on_mesh(example: PyTree, mesh: Mesh | None) -> PyTree:

@@ -16,6 +16,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, Scalar
 from ..inputs import RecsysBatch, RecsysEmbeddings
 from .losses import full_softmax_loss, retrieval_loss
 from .models import TrainableRetriever
+from .row_updates import LookedUp
 
 SequenceLoss = Literal["full", "sampled"]
 
@@ -109,3 +110,27 @@ def all_positions_objective(
             user_valid=valid,
         )
     return value, {"loss": value, "temperature": model.temperature, "targets": jnp.sum(valid)}
+
+
+def all_positions_rows(example: SequenceExample) -> LookedUp:
+    """Every table row `all_positions_objective` looks up with the sampled loss: the users,
+    the history and candidates, and the target rows of the corpus (the full loss looks up
+    every corpus row: a plain step suits it)."""
+    batch = example.batch
+    return LookedUp(
+        user=batch.user_hashes,
+        post=jnp.concatenate(
+            [
+                jnp.ravel(batch.history_post_hashes),
+                jnp.ravel(batch.candidate_post_hashes),
+                jnp.ravel(example.corpus_post_hashes[example.targets]),
+            ]
+        ),
+        author=jnp.concatenate(
+            [
+                jnp.ravel(batch.history_author_hashes),
+                jnp.ravel(batch.candidate_author_hashes),
+                jnp.ravel(example.corpus_author_hashes[example.targets]),
+            ]
+        ),
+    )
