@@ -133,7 +133,10 @@ def rank_in_chunks(
     ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`),
     the ranker's scores plus `prior`'s, if given."""
     num_users = histories.shape[0]
-    num_retrieved = min(max(options.num_retrieved, k), item_vectors.shape[0] - 1)
+    # Without a ranker retrieval's order is final, and the exact search's top `k` is its top
+    # `num_retrieved`'s first `k` (same ties to the lower row) for a fraction of the cost.
+    depth = k if ranker is None else max(options.num_retrieved, k)
+    num_retrieved = min(depth, item_vectors.shape[0] - 1)
     chunk = chunk_size(num_users, item_vectors.shape[0], num_retrieved)
     weights = jnp.asarray(options.weight_vector())
     if options.ranker_history_actions == "engaged":
