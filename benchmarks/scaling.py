@@ -7,9 +7,10 @@ recent item-kNN.
 
 Each size `ITEMS:INTERACTIONS` runs in a fresh subprocess, so that its peak resident memory
 (`ru_maxrss`) and its compilations are its own. The log is `data.synthetic.planted_walks`
-(users walking a planted item order). The fit is short on purpose (`epochs=1` under
-`--budget` seconds, the user report's model: `emb_size=16, num_layers=1, history_seq_len=8`):
-these are costs, not a tuned model.
+(users walking a planted item order). The fit is short on purpose (by default `epochs=1`
+under `--budget` seconds, the user report's model: `emb_size=16, num_layers=1,
+history_seq_len=8`; `--epochs` and `--history-seq-len` change those): these are costs, not a
+tuned model.
 
 How each figure is taken (the fit is instrumented, not changed):
 - first step: seconds from calling `Recommender.fit` on the raw id arrays until its first
@@ -169,6 +170,8 @@ def measure(
     budget: float,
     calls: int,
     ranker_epochs: int,
+    history_seq_len: int = 8,
+    epochs: int = 1,
 ) -> dict:
     """Every figure of one size (run in its own process: see the module docstring)."""
     import jax
@@ -187,8 +190,8 @@ def measure(
     options = FitOptions(
         emb_size=16,
         num_layers=1,
-        history_seq_len=8,
-        epochs=1,
+        history_seq_len=history_seq_len,
+        epochs=epochs,
         ranker_epochs=ranker_epochs,
         time_budget_s=budget,
         verbose=False,
@@ -353,11 +356,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=30.0, help="fit's time_budget_s")
     parser.add_argument("--calls", type=int, default=50, help="one-user recommend calls")
     parser.add_argument("--ranker-epochs", type=int, default=0)
+    parser.add_argument("--history-seq-len", type=int, default=8, help="items the models read")
+    parser.add_argument("--epochs", type=int, default=1, help="most retrieval epochs")
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--plot", help="write the log-log PNG here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    settings = (args.users, args.budget, args.calls, args.ranker_epochs)
+    settings = (
+        args.users,
+        args.budget,
+        args.calls,
+        args.ranker_epochs,
+        args.history_seq_len,
+        args.epochs,
+    )
     if args.child:
         ((items, interactions),) = parse_sizes(args.child)
         print(json.dumps(measure(items, interactions, *settings)))
@@ -374,6 +386,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "benchmarks.scaling", "--child", f"{items}:{interactions}"]
         command += ["--users", str(args.users), "--budget", str(args.budget)]
         command += ["--calls", str(args.calls), "--ranker-epochs", str(args.ranker_epochs)]
+        command += ["--history-seq-len", str(args.history_seq_len), "--epochs", str(args.epochs)]
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=os.environ.copy())
         if done.returncode:
             raise SystemExit(f"size {items}:{interactions} failed (exit {done.returncode})")
