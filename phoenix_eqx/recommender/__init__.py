@@ -13,7 +13,8 @@ drives early stopping and model selection. `recommend` runs the stages as Phoeni
 retrieval over the whole corpus, then the ranker re-scores those items with candidate
 isolation: retrieval's logit plus the ranker's learned correction (`ranker_loss="listwise"`),
 or a weighted sum of action probabilities (`"bce"`), plus a co-occurrence prior at a weight
-validation chooses.
+validation chooses (without a ranker, retrieval's candidates and the prior's suggestions are
+ordered by retrieval's logit plus the weighted prior).
 
 The package's files are the stages: `options` (`FitOptions`), `index` (ids to rows),
 `batches` and `models` (what both stages feed and train), `retrieval_stage`, `ranker_stage`,

@@ -57,8 +57,9 @@ class Recommender:
         `features` the side features' hashes (`data.FeatureHashes`) of the items and of the
         users in `histories` (None: the ids alone); `history_actions` each of those users'
         action masks (`index.action_masks`), one per item of `histories` (None: every item
-        engaged, as implicit feedback); `cooccurrence_weight` the weight of the ranker's
-        co-occurrence prior (`CooccurrencePrior`, built from `histories`; 0: none).
+        engaged, as implicit feedback); `cooccurrence_weight` the weight of the co-occurrence
+        prior (`CooccurrencePrior`, built from `histories`; 0: none) in the served score of
+        the ranker when `validation` has one, else of retrieval.
         """
         self.retriever, self.ranker, self.options = retriever, ranker, options
         self.item_ids = item_ids
@@ -76,7 +77,12 @@ class Recommender:
         self._item_vectors = item_vectors(retriever, self._item_hashes)
         self.cooccurrence_weight = float(cooccurrence_weight)
         self.cooccurrence = (
-            CooccurrencePrior.of(list(histories.values()), len(item_ids), cooccurrence_weight)
+            CooccurrencePrior.of(
+                list(histories.values()),
+                len(item_ids),
+                cooccurrence_weight,
+                window=options.cooccurrence_window,
+            )
             if cooccurrence_weight > 0
             else None
         )
@@ -173,10 +179,25 @@ class Recommender:
         )
         results = {"retrieval": retrieval_metrics}
         use_ranker = options.ranker_epochs > 0
+        with_prior = prior_applies(options, len(log.item_ids))
+        if with_prior and not use_ranker:
+            # Served with retrieval: the table, then one validation pass compiled anew, in
+            # what retrieval's share left, if that is at least retrieval's own startup.
+            if start + budget - time.perf_counter() >= run.startup_s[0]:
+                table = CooccurrencePrior.of(
+                    train, len(log.item_ids), window=options.cooccurrence_window
+                )
+                prior, served = choose_prior(retriever, None, table, validation, options, console)
+                weight = 0.0 if prior is None else float(prior.weight)
+                results["cooccurrence"] = {"weight": weight, **served}
+            else:
+                console.print(
+                    "co-occurrence prior: too little of the budget is left to build it and "
+                    "choose its weight, served without it"
+                )
         if use_ranker:
             # Choosing the prior's weight follows the ranker: two validation passes, compiled
             # anew. Retrieval's startup (its first step and validation) is kept free for it.
-            with_prior = prior_applies(options, len(log.item_ids))
             prior_reserve = run.startup_s[0] if with_prior else 0.0
             trained = train_ranker(
                 warm_start_ranker(ranker, retriever) if options.ranker_warm_start else ranker,
@@ -201,11 +222,12 @@ class Recommender:
             else:
                 ranker, results["ranker"] = trained
                 prior = None
-                if time.perf_counter() < start + budget:
-                    prior = choose_prior(
-                        retriever, ranker, train, len(log.item_ids), validation, options, console
+                if with_prior and time.perf_counter() < start + budget:
+                    table = CooccurrencePrior.of(
+                        train, len(log.item_ids), window=options.cooccurrence_window
                     )
-                else:
+                    prior, _ = choose_prior(retriever, ranker, table, validation, options, console)
+                elif with_prior:
                     console.print("co-occurrence prior: the budget is spent, served without it")
                 # Both stages as served, one validation pass for their metrics and their gain.
                 served = validation.per_user(retriever, ranker, options, 10, prior)
@@ -264,7 +286,8 @@ class Recommender:
         user's whole log from `fit` is used (the users must be known). Users known from fit
         bring their side features; others get padding for them. `exclude_seen` drops
         the history's items. Scores are the ranker's (`two_stage.two_stage` says which) or
-        retrieval's dot products when validation chose retrieval alone. Should fewer than
+        retrieval's dot products when validation chose retrieval alone (its logits plus the
+        weighted co-occurrence prior where fit chose one for retrieval). Should fewer than
         `k` items remain, the tail holds None with score -inf. Ids come back as they went
         into `fit` (an int64 array when every item id is an int). `use_ranker` overrides
         validation's choice of stages: True re-ranks retrieval's items with the ranker, False
@@ -301,7 +324,9 @@ class Recommender:
         vectors. With the ranker (`use_ranker`, default validation's choice): the
         `num_retrieved` items retrieval returns get the ranker's scores (as `recommend`)
         and come first, in the ranker's order; every other item follows in
-        retrieval's order (its dot product shifted below the lowest ranker score).
+        retrieval's order (its dot product shifted below the lowest ranker score). So too
+        retrieval served with the co-occurrence prior: its first `num_retrieved` in the
+        served order and score (`two_stage.two_stage`), the rest after them.
         `exclude_seen`: the history's items score -inf and are not among those retrieved.
         """
         request = self._request(user_ids, histories, ratings, exclude_seen, use_ranker)
@@ -322,7 +347,7 @@ class Recommender:
         if request.exclude_seen:
             for row, sequence in enumerate(request.sequences):
                 scores[row, sequence] = -np.inf
-        if request.use_ranker:
+        if request.use_ranker or self._served_prior(request) is not None:
             rows, ranked = self._rank(request, min(self.options.num_retrieved, self.num_items))
             # Retrieval's finite scores move below the lowest ranker score; a user with no
             # finite score (every item seen) keeps its -inf row, and no ranked row.
@@ -359,6 +384,13 @@ class Recommender:
             use_ranker=use_ranker,
         )
 
+    def _served_prior(self, request: "_Request") -> CooccurrencePrior | None:
+        """The co-occurrence prior where the request is served by the stage it was chosen
+        for: the ranker when one was trained, else retrieval."""
+        if request.use_ranker == ("ranker" in self.validation):
+            return self.cooccurrence
+        return None
+
     def _rank(self, request: "_Request", k: int) -> tuple[np.ndarray, np.ndarray]:
         """The two stages' (or retrieval's alone) top `k` item rows and scores per user."""
         no_items = [np.zeros(0, np.int32)] * len(request.sequences)
@@ -373,7 +405,7 @@ class Recommender:
             excluded(request.sequences if request.exclude_seen else no_items),
             self.options,
             k,
-            self.cooccurrence,
+            self._served_prior(request),
         )
 
     def _resolve_use_ranker(self, use_ranker: bool | None) -> bool:

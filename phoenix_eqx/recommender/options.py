@@ -291,15 +291,21 @@ class ServingOptions(_Checked):
     """`(action name, weight)` pairs: the ranker orders by `sum(weight * probability)`, or with
     `ranker_loss="listwise"` by retrieval's logit plus `sum(weight * logit)`."""
     cooccurrence_weights: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    """Weights of the co-occurrence prior (`recommender.CooccurrencePrior`) in the ranker's
-    served score that validation chooses among (0: without it); `(0.0,)` turns it off."""
+    """Weights of the co-occurrence prior (`recommender.CooccurrencePrior`) in the served
+    score (the ranker's, or retrieval's when fit trains no ranker) that validation chooses
+    among (0: without it); `(0.0,)` turns it off."""
     cooccurrence_max_items: int = 50_000
-    """The largest catalogue the prior is built for (its scoring holds a `[users, items]`
-    profile per call)."""
+    """The largest catalogue the prior is built for (its table keeps up to 200 neighbours per
+    item)."""
+    cooccurrence_window: int = 0
+    """Which items the prior counts as co-occurring: 0, any two in one user's sequence
+    (the pairs grow with each sequence's length squared); `w`, two within `w` positions of
+    each other (they grow with interactions times `w`: for long sequences)."""
 
     def _check(self):
         _int(self, "num_retrieved", 1)
         _int(self, "cooccurrence_max_items", 1)
+        _int(self, "cooccurrence_window", 0)
         weights = self.cooccurrence_weights
         if (
             not isinstance(weights, tuple | list)

@@ -67,10 +67,12 @@ def two_stage(
     """Retrieve `num_retrieved` rows, then order them by the ranker: with `residual`, by
     `residual_scores` of retrieval's logit (the dot product over the retriever's temperature,
     the logit it was trained with); otherwise by its weighted action probabilities; with a
-    `prior`, plus its weight times the candidate's co-occurrence prior. Without a
-    ranker the retrieval order is final (dot products as scores). The ranker reads
-    `history_actions` (`recsys_batch`; None: every item engaged), retrieval never does.
-    Callers keep the first `k`: one compilation serves every `k`.
+    `prior`, plus its weight times the candidate's co-occurrence prior. Without a ranker
+    the retrieval order is final (dot products as scores), or with a `prior` the retrieved
+    rows and the prior's suggestions (`CooccurrencePrior.suggestions`) are ordered by
+    retrieval's logit plus the weighted prior: `num_retrieved + prior.num_suggested` rows, -1 for
+    none. The ranker reads `history_actions` (`recsys_batch`; None: every item engaged),
+    retrieval never does. Callers keep the first `k`: one compilation serves every `k`.
 
     A residual ranker whose head is zero serves retrieval's order exactly: dividing by the
     temperature never reverses two scores (it may tie them), and `lax.top_k` breaks ties
@@ -78,8 +80,17 @@ def two_stage(
     empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
     user_vectors = retriever.user_vectors(recsys_batch(users, histories, empty, item_hashes))
     retrieved, retrieval_scores = top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
-    if ranker is None:
+    if ranker is None and prior is None:
         return retrieved, retrieval_scores
+    if ranker is None:
+        suggested = prior.suggestions(histories, exclude, retrieved)
+        retrieved = jnp.concatenate([retrieved, jnp.where(suggested > 0, suggested, -1)], 1)
+        candidates = jnp.maximum(retrieved, 0)
+        logits = dot_scores(user_vectors, item_vectors[candidates]) / retriever.temperature
+        scores = logits + _weighted_prior(prior, histories, candidates)
+        scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
+        top_scores, slots = jax.lax.top_k(scores, retrieved.shape[1])
+        return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
     candidates = jnp.maximum(retrieved, 0)
     logits = ranker(recsys_batch(users, histories, candidates, item_hashes, history_actions))
     if residual:
@@ -87,10 +98,24 @@ def two_stage(
     else:
         scores = jax.nn.sigmoid(logits.astype(jnp.float32)) @ action_weights
     if prior is not None:
-        scores = scores + prior.weight * prior(histories, candidates)
+        scores = scores + _weighted_prior(prior, histories, candidates)
     scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
     top_scores, slots = jax.lax.top_k(scores, num_retrieved)
     return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
+
+
+def _weighted_prior(
+    prior: CooccurrencePrior,
+    histories: Int[Array, "batch history"],
+    candidates: Int[Array, "batch candidates"],
+) -> Float[Array, "batch candidates"]:
+    """The prior times its weight; at weight 0 (the order fit re-sorts per weight) not
+    computed."""
+    return jax.lax.cond(
+        prior.weight > 0,
+        lambda: prior.weight * prior(histories, candidates),
+        lambda: jnp.zeros(candidates.shape, jnp.float32),
+    )
 
 
 @eqx.filter_jit
@@ -131,11 +156,17 @@ def rank_in_chunks(
     """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays, serving as
     `options` say (`num_retrieved`, `action_weights`, `residual_ranker`, and whether the
     ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`),
-    the ranker's scores plus `prior`'s, if given."""
+    with `prior`'s scores (and, without a ranker, its suggestions) if given."""
     num_users = histories.shape[0]
-    # Without a ranker retrieval's order is final, and the exact search's top `k` is its top
-    # `num_retrieved`'s first `k` (same ties to the lower row) for a fraction of the cost.
-    depth = k if ranker is None else max(options.num_retrieved, k)
+    # Without a ranker or prior retrieval's order is final, and the exact search's top `k` is
+    # its top `num_retrieved`'s first `k` (same ties to the lower row) for a fraction of the
+    # cost. Without a ranker the prior's suggestions join what retrieval found.
+    if ranker is None and prior is None:
+        depth = k
+    elif ranker is None:
+        depth = max(options.num_retrieved, k - prior.num_suggested)
+    else:
+        depth = max(options.num_retrieved, k)
     num_retrieved = min(depth, item_vectors.shape[0] - 1)
     chunk = chunk_size(num_users, item_vectors.shape[0], num_retrieved)
     weights = jnp.asarray(options.weight_vector())

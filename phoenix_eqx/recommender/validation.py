@@ -117,17 +117,20 @@ class Validation:
     def prior_weight_metrics(
         self,
         retriever: TrainableRetriever,
-        ranker: TrainableRanker,
+        ranker: TrainableRanker | None,
         prior: CooccurrencePrior,
         options: FitOptions,
         k: int = 10,
     ) -> list[dict[str, float]]:
-        """HR@k and NDCG@k of both stages with `prior` at each of `options.cooccurrence_weights`.
-        The two stages run once: the prior only re-orders the ranker's scored candidates, so
-        each weight re-sorts them (a stable sort, where serving's `top_k` may order exact ties
-        otherwise)."""
-        retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
-        rows, scores = self.ranked(retriever, ranker, options, retrieved)
+        """HR@k and NDCG@k as served with `prior` at each of `options.cooccurrence_weights`,
+        with the ranker or, with None, retrieval alone. The stages run once: the prior only
+        re-orders the served candidates (with weight 0 they come out in the order without
+        it), so each weight re-sorts them (a stable sort, where serving's `top_k` may order
+        exact ties otherwise)."""
+        depth = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+        if ranker is None:
+            depth += prior.num_suggested
+        rows, scores = self.ranked(retriever, ranker, options, depth, prior.with_weight(0.0))
         extra = prior_scores(prior, self.histories, rows)
         results = []
         for weight in options.cooccurrence_weights:
@@ -177,20 +180,15 @@ def prior_applies(options: FitOptions, num_items: int) -> bool:
 
 def choose_prior(
     retriever: TrainableRetriever,
-    ranker: TrainableRanker,
-    train: list[np.ndarray],
-    num_items: int,
+    ranker: TrainableRanker | None,
+    prior: CooccurrencePrior,
     validation: Validation,
     options: FitOptions,
     console: Console,
-) -> CooccurrencePrior | None:
-    """The co-occurrence prior of the training sequences `train` at the weight of
-    `options.cooccurrence_weights` with the best validation HR@10 (then NDCG@10, then the
-    smaller weight). None where validation chose weight 0, the prior is off (weights
-    `(0.0,)`) or the catalogue is larger than `cooccurrence_max_items`."""
-    if not prior_applies(options, num_items):
-        return None
-    prior = CooccurrencePrior.of(train, num_items)
+) -> tuple[CooccurrencePrior | None, dict[str, float]]:
+    """`prior` at the weight of `options.cooccurrence_weights` with the best validation HR@10
+    (then NDCG@10, then the smaller weight), served with `ranker` or, with None, with
+    retrieval alone (None where validation chose weight 0), and its validation metrics."""
     tried = validation.prior_weight_metrics(retriever, ranker, prior, options)
     best = max(
         range(len(tried)),
@@ -203,7 +201,7 @@ def choose_prior(
         + ", ".join(f"{w:g}: {m['hr@10']:.4f}" for w, m in by_weight)
         + f"; serving weight {weight:g}"
     )
-    return prior.with_weight(weight) if weight > 0 else None
+    return (prior.with_weight(weight) if weight > 0 else None), tried[best]
 
 
 def means(per_user: dict[str, np.ndarray]) -> dict[str, float]:

@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 from jaxtyping import Bool, Float, Int
@@ -47,46 +48,119 @@ def item_similarity(
     return similarity
 
 
+class NeighbourLists(NamedTuple):
+    """Each item row's most similar rows as compressed rows, in item order: row `j`'s
+    neighbours are `ids[starts[j]:starts[j + 1]]` (increasing), their similarities
+    `similarities[starts[j]:starts[j + 1]]` (row 0, padding, has none)."""
+
+    starts: Int[np.ndarray, " items_plus_two"]
+    ids: Int[np.ndarray, " pairs"]
+    similarities: Float[np.ndarray, " pairs"]
+
+
+def neighbour_lists(
+    sequences: Sequence[Int[np.ndarray, " _length"]],
+    num_items: int,
+    neighbours: int = 100,
+    shrinkage: float = 10.0,
+    window: int = 0,
+) -> NeighbourLists:
+    """Each item's `neighbours` most similar items (similarity > 0; ties to the lower item) in
+    the users' sequences (`sequences[u]`: user `u`'s items `1..num_items`, in time order).
+
+    `window=0`: `item_similarity` of the users' item sets, two items co-occurring once per
+    user who has both (the pairs grow with each sequence's length squared). `window=w`: two
+    items co-occur each time they stand within `w` positions of each other in a sequence,
+    the similarity `count / (sqrt(n_a * n_b) + shrinkage)` with `n` the items' occurrences
+    (the pairs grow with interactions times `w`: for long sequences). Counted by sparse
+    products and sorts, so memory grows with the pairs that occur, not `items ** 2`."""
+    if neighbours < 1 or shrinkage < 0:
+        raise ValueError(
+            f"neighbours, shrinkage: expected >= 1 and >= 0, got {neighbours}, {shrinkage}"
+        )
+    if window < 0:
+        raise ValueError(f"window: expected >= 0 (0: whole sequences), got {window}")
+    flat = np.concatenate([np.asarray(s, np.int64) for s in sequences] + [np.zeros(0, np.int64)])
+    if flat.size and (flat.min() < 1 or flat.max() > num_items):
+        raise ValueError(
+            f"sequences: expected items in 1..{num_items}, got {flat.min()}..{flat.max()}"
+        )
+    owners = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+    if window == 0:
+        matrix = sparse.csr_matrix(
+            (np.ones(flat.size), (owners, flat)), shape=(len(sequences), num_items + 1)
+        )
+        matrix.data[:] = 1.0  # a user's repeated item counts once, as in the dense matrix
+        co_counts = (matrix.T @ matrix).tocsr()
+        co_counts.sort_indices()
+        norms = np.sqrt(co_counts.diagonal())
+        co_counts = co_counts.tocoo()
+        rows, others, counts = co_counts.row, co_counts.col, co_counts.data
+    else:
+        rows, others, counts = _nearby_pairs(flat, owners, num_items, window)
+        norms = np.sqrt(np.bincount(flat, minlength=num_items + 1).astype(np.float64))
+    rows, others = rows.astype(np.int64), others.astype(np.int64)
+    similarity = counts / (norms[rows] * norms[others] + shrinkage)
+    keep = (rows != others) & (similarity > 0)
+    rows, others, similarity = rows[keep], others[keep], similarity[keep]
+    per_row = np.bincount(rows, minlength=num_items + 1)
+    starts = np.concatenate([[0], np.cumsum(per_row)])
+    # Only rows with more than `neighbours` entries lose some: each drops what ranks past
+    # `neighbours` by similarity (a stable sort of a row in item order: ties to the lower).
+    keep = np.ones(rows.size, bool)
+    for row in np.flatnonzero(per_row > neighbours):
+        begin, end = starts[row], starts[row + 1]
+        weakest = np.argsort(-similarity[begin:end], kind="stable")[neighbours:]
+        keep[begin + weakest] = False
+    rows, others, similarity = rows[keep], others[keep], similarity[keep]
+    starts = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_items + 1))])
+    return NeighbourLists(starts, others.astype(np.int32), similarity.astype(np.float32))
+
+
+def _nearby_pairs(
+    flat: Int[np.ndarray, " interactions"],
+    owners: Int[np.ndarray, " interactions"],
+    num_items: int,
+    window: int,
+) -> tuple[Int[np.ndarray, " pairs"], Int[np.ndarray, " pairs"], Float[np.ndarray, " pairs"]]:
+    """`(rows, others, counts)`: how often two items stand within `window` positions of each
+    other in one sequence (`flat`, owned by `owners`), both ways, sorted by row then other."""
+    keys = []
+    for offset in range(1, window + 1):
+        same = owners[:-offset] == owners[offset:]
+        a, b = flat[:-offset][same], flat[offset:][same]
+        keys.append(np.minimum(a, b) * (num_items + 1) + np.maximum(a, b))
+    unordered, counts = np.unique(
+        np.concatenate(keys + [np.zeros(0, np.int64)]), return_counts=True
+    )
+    low, high = np.divmod(unordered, num_items + 1)
+    both = np.concatenate([low * (num_items + 1) + high, high * (num_items + 1) + low])
+    order = np.argsort(both, kind="stable")
+    rows, others = np.divmod(both[order], num_items + 1)
+    return rows, others, np.concatenate([counts, counts])[order].astype(np.float64)
+
+
 def item_neighbours(
     sequences: Sequence[Int[np.ndarray, " _length"]],
     num_items: int,
     neighbours: int = 100,
     shrinkage: float = 10.0,
+    window: int = 0,
 ) -> tuple[
     Int[np.ndarray, "items_plus_one neighbours"], Float[np.ndarray, "items_plus_one neighbours"]
 ]:
-    """`item_similarity` of the users' item sets (`sequences[u]`: user `u`'s items `1..num_items`),
-    kept sparse: row `j` lists the items most similar to item `j` and their similarities,
-    best first, padded with item 0 and similarity 0 (row 0 is padding). Co-occurrences are
-    counted by a sparse product, so memory grows with the pairs that occur, not `items ** 2`."""
-    if neighbours < 1 or shrinkage < 0:
-        raise ValueError(
-            f"neighbours, shrinkage: expected >= 1 and >= 0, got {neighbours}, {shrinkage}"
-        )
-    rows = np.concatenate(
-        [np.full(len(s), u) for u, s in enumerate(sequences)] + [np.zeros(0, int)]
-    )
-    cols = np.concatenate([np.asarray(s, np.int64) for s in sequences] + [np.zeros(0, np.int64)])
-    if cols.size and (cols.min() < 1 or cols.max() > num_items):
-        raise ValueError(
-            f"sequences: expected items in 1..{num_items}, got {cols.min()}..{cols.max()}"
-        )
-    shape = (len(sequences), num_items + 1)
-    matrix = sparse.csr_matrix((np.ones(cols.size), (rows, cols)), shape=shape)
-    matrix.data[:] = 1.0  # a user's repeated item counts once, as in the dense matrix
-    co_counts = (matrix.T @ matrix).tocsc()
-    norms = np.sqrt(co_counts.diagonal())
+    """`neighbour_lists` as `[num_items + 1, neighbours]` arrays: row `j` lists the items most
+    similar to item `j` and their similarities, best first, padded with item 0 and
+    similarity 0 (row 0 is padding)."""
+    lists = neighbour_lists(sequences, num_items, neighbours, shrinkage, window)
+    rows = np.repeat(np.arange(num_items + 1), np.diff(lists.starts))
+    by_similarity = np.argsort(-lists.similarities, kind="stable")
+    best_first = by_similarity[np.argsort(rows[by_similarity], kind="stable")]
+    slots = np.arange(rows.size) - lists.starts[rows]
     ids = np.zeros((num_items + 1, neighbours), np.int32)
     weights = np.zeros((num_items + 1, neighbours), np.float32)
-    for item in range(1, num_items + 1):
-        start, stop = co_counts.indptr[item], co_counts.indptr[item + 1]
-        others = co_counts.indices[start:stop]
-        similarity = co_counts.data[start:stop] / (norms[others] * norms[item] + shrinkage)
-        keep = (others != item) & (similarity > 0)
-        others, similarity = others[keep], similarity[keep]
-        best = np.argsort(-similarity, kind="stable")[:neighbours]
-        ids[item, : best.size] = others[best]
-        weights[item, : best.size] = similarity[best]
+    ids[rows, slots] = lists.ids[best_first]
+    weights[rows, slots] = lists.similarities[best_first]
     return ids, weights
 
 

@@ -1,20 +1,37 @@
-"""The co-occurrence prior: its neighbour table is the kNN baseline's similarity kept sparse,
-its scores are the recent item-kNN baseline's, a candidate's score ignores the other
-candidates and masked history, and weight 0 serves exactly what no prior serves."""
+"""The co-occurrence prior: its neighbour table is the kNN baseline's similarity kept sparse
+(or, with a window, counts of nearby pairs), its scores are the recent item-kNN baseline's,
+a candidate's score ignores the other candidates and masked history, its suggestions are the
+latest items' unseen neighbours, weight 0 serves exactly what no prior serves, and retrieval
+served with it is exact."""
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import phoenix_eqx as px
 from phoenix_eqx.data.feature_hashes import feature_hashes
 from phoenix_eqx.recommender.batches import windows
-from phoenix_eqx.recommender.cooccurrence import DECAY, WINDOW, CooccurrencePrior, prior_scores
+from phoenix_eqx.recommender.cooccurrence import (
+    DECAY,
+    SHRINKAGE,
+    SUGGESTED_FROM,
+    SUGGESTED_PER_ITEM,
+    WINDOW,
+    CooccurrencePrior,
+    prior_scores,
+)
 from phoenix_eqx.recommender.models import build_models
-from phoenix_eqx.training.baselines import item_neighbours, item_similarity, recency_profiles
+from phoenix_eqx.training.baselines import (
+    item_neighbours,
+    item_similarity,
+    neighbour_lists,
+    recency_profiles,
+)
 
 from ..helpers import TINY_FIT_OPTIONS
 
@@ -51,6 +68,39 @@ def test_neighbours_are_the_dense_similaritys_best_per_item(seed, num_items, nei
 
 
 @settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), window=st.integers(1, 4), neighbours=st.integers(1, 30))
+def test_a_window_counts_the_pairs_that_stand_within_it(seed, window, neighbours):
+    """With a window, two items' similarity is how often they stand within `window` positions
+    of each other over the root of their occurrence counts' product (plus shrinkage); each
+    item keeps its best (ties to the lower item), listed in item order."""
+    num_items = 12
+    sequences = _random_log(seed, 20, num_items)
+    counts = np.zeros((num_items + 1, num_items + 1))
+    for sequence in sequences:
+        for offset in range(1, window + 1):
+            for a, b in zip(sequence[:-offset], sequence[offset:], strict=True):
+                counts[a, b] += 1
+                counts[b, a] += 1
+    np.fill_diagonal(counts, 0.0)
+    occurrences = np.bincount(np.concatenate(sequences), minlength=num_items + 1)
+    similarity = counts / (np.sqrt(np.outer(occurrences, occurrences)) + SHRINKAGE)
+    lists = neighbour_lists(sequences, num_items, neighbours, SHRINKAGE, window)
+    for item in range(num_items + 1):
+        ids = lists.ids[lists.starts[item] : lists.starts[item + 1]]
+        kept = lists.similarities[lists.starts[item] : lists.starts[item + 1]]
+        expected = sorted(
+            (other, similarity[item, other])
+            for _, other in sorted(
+                (-similarity[item, other], other)
+                for other in range(1, num_items + 1)
+                if similarity[item, other] > 0
+            )[:neighbours]
+        )
+        np.testing.assert_array_equal(ids, [other for other, _ in expected])
+        np.testing.assert_allclose(kept, [value for _, value in expected], rtol=1e-6)
+
+
+@settings(max_examples=5, deadline=None)
 @given(seed=st.integers(0, 2**16), history_seq_len=st.sampled_from([WINDOW, 2 * WINDOW]))
 def test_prior_is_the_recent_item_knn_score_of_each_candidate(seed, history_seq_len):
     """Whatever the other candidates: the prior of candidate `c` is the recent item-kNN
@@ -80,6 +130,37 @@ def test_prior_is_the_recent_item_knn_score_of_each_candidate(seed, history_seq_
     other = candidates.copy()
     other[:, 1:] = rng.integers(0, num_items + 1, (6, 6))
     np.testing.assert_array_equal(prior_scores(prior, window, other)[:, 0], scores[:, 0])
+
+
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16))
+def test_suggestions_are_the_latest_items_unseen_neighbours_each_once(seed):
+    """Every suggestion is one of the `SUGGESTED_PER_ITEM` nearest neighbours of one of the
+    latest `SUGGESTED_FROM` items, appears once, and is neither excluded nor taken; every
+    such neighbour that is neither is suggested."""
+    num_items = 60
+    sequences = _random_log(seed, 40, num_items)
+    prior = CooccurrencePrior.of(sequences, num_items, window=2)
+    lists = neighbour_lists(sequences, num_items, 200, SHRINKAGE, 2)
+    rng = np.random.default_rng(seed)
+    histories = [rng.integers(1, num_items + 1, rng.integers(0, 12)) for _ in range(5)]
+    window = windows(histories, 8)
+    exclude = windows([h[: rng.integers(0, h.size + 1)] for h in histories], 12)
+    taken = rng.integers(0, num_items + 1, (5, 4))
+    suggested = np.asarray(
+        prior.suggestions(jnp.asarray(window), jnp.asarray(exclude), jnp.asarray(taken))
+    )
+    assert suggested.shape == (5, prior.num_suggested)
+    for user, history in enumerate(histories):
+        wanted = set()
+        for item in history[-SUGGESTED_FROM:]:
+            row = slice(lists.starts[item], lists.starts[item + 1])
+            best = sorted(zip(-lists.similarities[row], lists.ids[row], strict=True))
+            wanted |= {other for _, other in best[:SUGGESTED_PER_ITEM]}
+        wanted -= set(exclude[user]) | set(taken[user]) | {0}
+        found = suggested[user][suggested[user] > 0]
+        assert len(set(found)) == found.size
+        assert set(found) == wanted
 
 
 def test_weight_zero_serves_what_no_prior_serves():
@@ -112,12 +193,18 @@ def test_weight_zero_serves_what_no_prior_serves():
     np.testing.assert_array_equal(np.sort(ranked, 1), np.sort(weighted, 1))
 
 
-def test_fit_chooses_the_weight_on_validation_and_a_save_keeps_it(walk_log, tmp_path):
-    """Fit records each weight's validation and serves the chosen one; load serves the same."""
+@pytest.mark.parametrize(("ranker_epochs", "window"), [(1, 0), (0, 2)])
+def test_fit_chooses_the_weight_on_validation_and_a_save_keeps_it(
+    walk_log, tmp_path, ranker_epochs, window
+):
+    """Fit records each weight's validation and serves the chosen one, with the ranker or,
+    when it trains none, with retrieval; load serves the same."""
     users, items, times = walk_log(80, 30, 8)
     options = dataclasses.replace(
         TINY_FIT_OPTIONS,
         num_retrieved=12,
+        ranker_epochs=ranker_epochs,
+        cooccurrence_window=window,
         cooccurrence_weights=px.FitOptions().cooccurrence_weights,
     )
     rec = px.Recommender.fit(users, items, times, options=options)
@@ -129,3 +216,38 @@ def test_fit_chooses_the_weight_on_validation_and_a_save_keeps_it(walk_log, tmp_
     np.testing.assert_array_equal(
         loaded.recommend([0, 1, 2], k=5)[0], rec.recommend([0, 1, 2], k=5)[0]
     )
+
+
+def test_retrieval_served_with_the_prior_is_exact():
+    """Without a ranker the prior re-scores retrieval's items and its suggestions: what
+    `recommend` serves is the full sort of `score_items`, and the prior belongs to the stage
+    it was chosen for (retrieval here, so the ranker is served without it)."""
+    options = dataclasses.replace(TINY_FIT_OPTIONS, num_retrieved=6, cooccurrence_window=2)
+    item_ids, user_ids = list(range(40)), list(range(12))
+    rng = np.random.default_rng(1)
+    logs = {user: rng.choice(40, 9).astype(np.int32) + 1 for user in user_ids}
+    features = feature_hashes(item_ids, user_ids)
+    retriever, ranker = build_models(options, features, key=jax.random.key(1))
+    made = {
+        weight: px.Recommender(
+            retriever,
+            ranker,
+            options,
+            item_ids,
+            logs,
+            use_ranker=False,
+            validation={"retrieval": {"hr@10": 0.0}},
+            features=features,
+            cooccurrence_weight=weight,
+        )
+        for weight in (0.0, 100.0)
+    }
+    served, scores = made[100.0].recommend(user_ids, k=6)
+    full = made[100.0].score_items(user_ids)
+    order = np.argsort(-full, axis=1, kind="stable")[:, :6]
+    np.testing.assert_array_equal(served, np.asarray(item_ids)[order])
+    np.testing.assert_allclose(scores, np.take_along_axis(full, order, 1), rtol=1e-6)
+    alone, _ = made[0.0].recommend(user_ids, k=6)
+    assert not np.array_equal(served, alone)
+    seen = [set(logs[user] - 1) for user in user_ids]
+    assert not any(set(served[u]) & seen[u] for u in range(len(user_ids)))

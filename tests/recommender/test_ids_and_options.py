@@ -108,6 +108,7 @@ def test_a_user_who_has_seen_every_item_scores_minus_inf_without_nan(tuple_ids, 
         ("action_weights", (("click_score", 1.0, 2.0),), "action_weights: expected \\(action"),
         ("cooccurrence_weights", (0.0, -1.0), "cooccurrence_weights: expected a non-empty"),
         ("cooccurrence_weights", (), "cooccurrence_weights: expected a non-empty"),
+        ("cooccurrence_window", -1, "cooccurrence_window: expected an int >= 0"),
     ],
 )
 def test_every_option_has_one_rule_and_names_its_field(field, value, message):
