@@ -163,15 +163,19 @@ def test_suggestions_are_the_latest_items_unseen_neighbours_each_once(seed):
         assert set(found) == wanted
 
 
-def test_weight_zero_serves_what_no_prior_serves():
-    """A Recommender whose prior has weight 0 is one without a prior (built only when the
-    weight is positive), and a positive weight re-orders only the ranker's candidates."""
-    options = dataclasses.replace(TINY_FIT_OPTIONS, num_retrieved=12)
-    item_ids, user_ids = list(range(30)), list(range(20))
-    rng = np.random.default_rng(0)
-    logs = {user: rng.choice(30, 10).astype(np.int32) + 1 for user in user_ids}
+def _recommenders_by_weight(
+    options: px.FitOptions, num_items: int, num_users: int, seed: int, *, with_ranker: bool
+) -> tuple[dict[float, px.Recommender], dict[int, np.ndarray]]:
+    """Untrained Recommenders over one random log, one with prior weight 0 and one with 100,
+    serving the ranker (validation says it was trained) or retrieval alone; and the log."""
+    item_ids, user_ids = list(range(num_items)), list(range(num_users))
+    rng = np.random.default_rng(seed)
+    logs = {user: rng.choice(num_items, 10).astype(np.int32) + 1 for user in user_ids}
     features = feature_hashes(item_ids, user_ids)
-    retriever, ranker = build_models(options, features, key=jax.random.key(0))
+    retriever, ranker = build_models(options, features, key=jax.random.key(seed))
+    validation = {"retrieval": {"hr@10": 0.0}}
+    if with_ranker:
+        validation["ranker"] = {"hr@10": 0.0}
     made = {
         weight: px.Recommender(
             retriever,
@@ -179,13 +183,22 @@ def test_weight_zero_serves_what_no_prior_serves():
             options,
             item_ids,
             logs,
-            use_ranker=True,
-            validation={"retrieval": {"hr@10": 0.0}, "ranker": {"hr@10": 0.0}},
+            use_ranker=with_ranker,
+            validation=validation,
             features=features,
             cooccurrence_weight=weight,
         )
         for weight in (0.0, 100.0)
     }
+    return made, logs
+
+
+def test_weight_zero_serves_what_no_prior_serves():
+    """A Recommender whose prior has weight 0 is one without a prior (built only when the
+    weight is positive), and a positive weight re-orders only the ranker's candidates."""
+    options = dataclasses.replace(TINY_FIT_OPTIONS, num_retrieved=12)
+    made, _ = _recommenders_by_weight(options, 30, 20, 0, with_ranker=True)
+    user_ids = list(range(20))
     assert made[0.0].cooccurrence is None and made[100.0].cooccurrence is not None
     ranked, _ = made[0.0].recommend(user_ids, k=12)
     weighted, _ = made[100.0].recommend(user_ids, k=12)
@@ -220,28 +233,11 @@ def test_fit_chooses_the_weight_on_validation_and_a_save_keeps_it(
 
 def test_retrieval_served_with_the_prior_is_exact():
     """Without a ranker the prior re-scores retrieval's items and its suggestions: what
-    `recommend` serves is the full sort of `score_items`, and the prior belongs to the stage
-    it was chosen for (retrieval here, so the ranker is served without it)."""
+    `recommend` serves is the full sort of `score_items`, never a seen item, and not what
+    retrieval alone serves."""
     options = dataclasses.replace(TINY_FIT_OPTIONS, num_retrieved=6, cooccurrence_window=2)
+    made, logs = _recommenders_by_weight(options, 40, 12, 1, with_ranker=False)
     item_ids, user_ids = list(range(40)), list(range(12))
-    rng = np.random.default_rng(1)
-    logs = {user: rng.choice(40, 9).astype(np.int32) + 1 for user in user_ids}
-    features = feature_hashes(item_ids, user_ids)
-    retriever, ranker = build_models(options, features, key=jax.random.key(1))
-    made = {
-        weight: px.Recommender(
-            retriever,
-            ranker,
-            options,
-            item_ids,
-            logs,
-            use_ranker=False,
-            validation={"retrieval": {"hr@10": 0.0}},
-            features=features,
-            cooccurrence_weight=weight,
-        )
-        for weight in (0.0, 100.0)
-    }
     served, scores = made[100.0].recommend(user_ids, k=6)
     full = made[100.0].score_items(user_ids)
     order = np.argsort(-full, axis=1, kind="stable")[:, :6]
