@@ -41,7 +41,7 @@ class Validation:
         prior: CooccurrencePrior | None = None,
     ) -> dict[str, float]:
         """HR@k and NDCG@k of the held-out items (history excluded), with or without ranker
-        (and the ranker's co-occurrence `prior`)."""
+        (and the co-occurrence `prior` of the stage served)."""
         return means(self.per_user(retriever, ranker, options, k, prior))
 
     def ranker_gain(
