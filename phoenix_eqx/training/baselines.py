@@ -140,30 +140,6 @@ def _nearby_pairs(
     return rows, others, np.concatenate([counts, counts])[order].astype(np.float64)
 
 
-def item_neighbours(
-    sequences: Sequence[Int[np.ndarray, " _length"]],
-    num_items: int,
-    neighbours: int = 100,
-    shrinkage: float = 10.0,
-    window: int = 0,
-) -> tuple[
-    Int[np.ndarray, "items_plus_one neighbours"], Float[np.ndarray, "items_plus_one neighbours"]
-]:
-    """`neighbour_lists` as `[num_items + 1, neighbours]` arrays: row `j` lists the items most
-    similar to item `j` and their similarities, best first, padded with item 0 and
-    similarity 0 (row 0 is padding)."""
-    lists = neighbour_lists(sequences, num_items, neighbours, shrinkage, window)
-    rows = np.repeat(np.arange(num_items + 1), np.diff(lists.starts))
-    by_similarity = np.argsort(-lists.similarities, kind="stable")
-    best_first = by_similarity[np.argsort(rows[by_similarity], kind="stable")]
-    slots = np.arange(rows.size) - lists.starts[rows]
-    ids = np.zeros((num_items + 1, neighbours), np.int32)
-    weights = np.zeros((num_items + 1, neighbours), np.float32)
-    ids[rows, slots] = lists.ids[best_first]
-    weights[rows, slots] = lists.similarities[best_first]
-    return ids, weights
-
-
 def item_knn_scores(
     matrix: Bool[np.ndarray, "all_users items"],
     users: Int[np.ndarray, " users"],

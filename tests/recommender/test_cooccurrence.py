@@ -27,7 +27,6 @@ from phoenix_eqx.recommender.cooccurrence import (
 )
 from phoenix_eqx.recommender.models import build_models
 from phoenix_eqx.training.baselines import (
-    item_neighbours,
     item_similarity,
     neighbour_lists,
     recency_profiles,
@@ -52,19 +51,19 @@ def _matrix(sequences: list[np.ndarray], num_items: int) -> np.ndarray:
 @given(seed=st.integers(0, 2**16), num_items=st.integers(2, 40), neighbours=st.integers(1, 50))
 def test_neighbours_are_the_dense_similaritys_best_per_item(seed, num_items, neighbours):
     """Per item, the kept similarities are the dense `item_similarity`'s largest (ties may
-    keep either item, with the same value), at the rows they name."""
+    keep either item, with the same value), at the rows they name, listed in item order."""
     sequences = _random_log(seed, 30, num_items)
     matrix = _matrix(sequences, num_items)
     dense, everything = item_similarity(matrix, neighbours), item_similarity(matrix, num_items + 1)
-    ids, similarities = item_neighbours(sequences, num_items, neighbours)
+    lists = neighbour_lists(sequences, num_items, neighbours)
     for item in range(1, num_items + 1):
-        kept = similarities[item] > 0
-        np.testing.assert_allclose(
-            similarities[item][kept], everything[ids[item][kept], item], rtol=1e-6
-        )
-        best = np.sort(dense[:, item])[::-1][: kept.sum()]
-        np.testing.assert_allclose(similarities[item][kept], best, rtol=1e-6)
-        assert np.count_nonzero(dense[:, item]) == kept.sum()
+        row = slice(lists.starts[item], lists.starts[item + 1])
+        ids, similarities = lists.ids[row], lists.similarities[row]
+        assert np.all(np.diff(ids) > 0) and np.all(similarities > 0)
+        np.testing.assert_allclose(similarities, everything[ids, item], rtol=1e-6)
+        best = np.sort(dense[:, item])[::-1][: ids.size]
+        np.testing.assert_allclose(np.sort(similarities)[::-1], best, rtol=1e-6)
+        assert np.count_nonzero(dense[:, item]) == ids.size
 
 
 @settings(max_examples=5, deadline=None)
