@@ -84,10 +84,13 @@ def two_stage(
         return retrieved, retrieval_scores
     if ranker is None:
         suggested = prior.suggestions(histories, exclude, retrieved)
+        # The search's scores are `dot_scores` already: only the suggestions need theirs.
+        dots = jnp.concatenate(
+            [retrieval_scores, dot_scores(user_vectors, item_vectors[suggested])], axis=1
+        )
         retrieved = jnp.concatenate([retrieved, jnp.where(suggested > 0, suggested, -1)], 1)
         candidates = jnp.maximum(retrieved, 0)
-        logits = dot_scores(user_vectors, item_vectors[candidates]) / retriever.temperature
-        scores = logits + _weighted_prior(prior, histories, candidates)
+        scores = dots / retriever.temperature + _weighted_prior(prior, histories, candidates)
         scores = jnp.where(retrieved >= 0, scores, -jnp.inf)
         top_scores, slots = jax.lax.top_k(scores, retrieved.shape[1])
         return jnp.take_along_axis(retrieved, slots, axis=1), top_scores
