@@ -5,24 +5,23 @@ On the device machine: `bash tools/gpu_session.sh [--quick]` (sets up the carrie
 runs `python -m benchmarks.gpu_session`). On the CPU: `python -m benchmarks.gpu_session
 --dry-run` runs the same code path at tiny shapes with the kernels in Mosaic GPU's interpreter.
 
-In order, writing one JSON (rewritten after every section) and printing tables at the end:
+In order, writing one JSON (rewritten after every section) and printing tables at the end;
+`--sections` picks which of 2-4 run (each complete with its checks and peers):
 1. ceilings: the card's copy bandwidth (an elementwise bf16 read + write, bytes read and
    written) and bf16 matmul rate, measured in this run;
-2. checks, at the benchmark shapes: the attention kernel's output and gradients against the
-   float32 reference at the four configs of docs/benchmarks.md; the cached-candidate op
+2. attention: the kernel's output and gradients checked against the float32 reference at the
+   four configs of docs/benchmarks.md, and the cached-candidate op
    (`phoenix_eqx.kernels.cached_candidate_attention`) against the candidate rows of the
-   reference on `[prefix | candidates]`, output and gradients; the top-k kernel against the
-   exact chunked reference at the 13 rows of section 2;
-3. attention, fwd and fwd+bwd: ours and XLA (the seed's dense formulation), in useful TFLOP/s
-   and as a fraction of the measured matmul rate;
-4. top-k: ours (`"pallas"`), `"auto"`, XLA stable / unstable, as multiples of the floor
-   max(corpus bytes / copy bandwidth, 2BND / matmul rate) from the measured ceilings;
-5. end to end (`e2e` config, `benchmarks.e2e`): ranker forward and retrieval, the XLA
+   reference on `[prefix | candidates]`; then fwd and fwd+bwd of ours, XLA (the seed's dense
+   formulation) and the peers (cuDNN `jax.nn.dot_product_attention`, tokamax mosaic, torch
+   flex_attention), in useful TFLOP/s and as a fraction of the measured matmul rate;
+3. top-k: the kernel checked against the exact chunked reference at the 13 rows of section 2;
+   then ours (`"pallas"`), `"auto"`, XLA stable / unstable and torch mm + topk, as multiples of
+   the floor max(corpus bytes / copy bandwidth, 2BND / matmul rate);
+4. end to end (`e2e` config, `benchmarks.e2e`): ranker forward and retrieval, the XLA
    path, the kernel path (bf16 corpus) and the prefix-cached ranker, each checked against an
-   independent path first, in candidates/s and users/s;
-6. peers: cuDNN (`jax.nn.dot_product_attention`), tokamax mosaic and torch flex_attention for
-   attention, torch mm + topk for top-k. A peer that is not installed (or has no GPU) is
-   reported as skipped with the reason.
+   independent path first, in candidates/s and users/s.
+A peer that is not installed (or has no GPU) is reported as skipped with the reason.
 Every time is device time per call over back-to-back calls (`benchmarks.timing.device_time`:
 CUPTI for JAX, CUDA events for torch). A time budget (`--budget-s`) keeps the run inside the lease:
 an item that would start after it is recorded as skipped, with the reason; checks always run.
@@ -60,6 +59,7 @@ ATTENTION_BASELINE = "xla"
 ATTENTION_PEERS = ("cudnn", "tokamax-mosaic", "flex")
 TOPK_OURS = ("pallas", "auto", "xla_stable", "xla_unstable")
 TOPK_PEERS = ("torch",)
+SECTIONS = ("attention", "topk", "e2e")
 LOGIT_CAP = attention_bench.LOGIT_CAP
 TOLERANCE = attention_bench.TOLERANCE
 
@@ -80,9 +80,15 @@ class Plan:
     max_seconds: float | None
     budget_s: float
     interpret: bool
+    sections: tuple[str, ...] = SECTIONS
 
 
-def make_plan(mode: str, budget_s: float | None, iters: int | None) -> Plan:
+def make_plan(
+    mode: str,
+    budget_s: float | None,
+    iters: int | None,
+    sections: tuple[str, ...] = SECTIONS,
+) -> Plan:
     configs = shapes.ATTENTION_CONFIGS
     if mode == "dry-run":
         tiny = shapes.AttentionConfig(1, 48, 16, 1, 1, 64)
@@ -127,7 +133,10 @@ def make_plan(mode: str, budget_s: float | None, iters: int | None) -> Plan:
             budget_s=330.0,
             interpret=False,
         )
-    overrides = {}
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown or not sections:
+        raise ValueError(f"sections: expected some of {SECTIONS}, got {tuple(sections)}")
+    overrides: dict = {"sections": tuple(name for name in SECTIONS if name in sections)}
     if budget_s is not None:
         overrides["budget_s"] = budget_s
     if iters is not None:
@@ -239,7 +248,8 @@ def check_cached_attention(name: str, problem) -> list[dict]:
     cotangent = problem.cotangent[:, prefix:]
     options = dict(scale=problem.scale, logit_cap=LOGIT_CAP, cap_method="tanh")
 
-    def ours(q, k, v, prefix_keys, prefix_values):
+    # The masks go in as arguments: closed over, XLA would constant-fold them (seconds each).
+    def ours(q, k, v, prefix_keys, prefix_values, prefix_valid, candidate_valid):
         return cached_candidate_attention(
             q,
             k,
@@ -252,7 +262,7 @@ def check_cached_attention(name: str, problem) -> list[dict]:
             **options,
         )
 
-    def reference(q, k, v, prefix_keys, prefix_values):
+    def reference(q, k, v, prefix_keys, prefix_values, prefix_valid, candidate_valid):
         full_q = jnp.concatenate([jnp.zeros_like(problem.q[:, :prefix], q.dtype), q], axis=1)
         out = candidate_attention_reference(
             full_q,
@@ -268,21 +278,25 @@ def check_cached_attention(name: str, problem) -> list[dict]:
     def output_and_gradients(attend):
         """One jitted step: the output, and the gradients of sum(out * cotangent)."""
 
-        def step(*args):
-            out, pullback = jax.vjp(attend, *args[:5])
-            return out, pullback(args[5].astype(out.dtype))
+        def step(q, k, v, prefix_keys, prefix_values, cotangent, prefix_valid, candidate_valid):
+            def differentiated(*arrays):
+                return attend(*arrays, prefix_valid, candidate_valid)
+
+            out, pullback = jax.vjp(differentiated, q, k, v, prefix_keys, prefix_values)
+            return out, pullback(cotangent.astype(out.dtype))
 
         return jax.jit(step)
 
     def to_numpy(outputs):
         return [np.asarray(x, np.float32) for x in jax.tree.leaves(outputs)]
 
+    masks = (prefix_valid, candidate_valid)
     f32 = [x.astype(jnp.float32) for x in (*inputs, cotangent)]
     with jax.default_matmul_precision("highest"):
-        want_out, want_grads = output_and_gradients(reference)(*f32)
+        want_out, want_grads = output_and_gradients(reference)(*f32, *masks)
     checks = []
     try:
-        out, grads = output_and_gradients(ours)(*inputs, cotangent)
+        out, grads = output_and_gradients(ours)(*inputs, cotangent, *masks)
         pairs = (("output", out, want_out), ("gradients", grads, want_grads))
         for label, got, want in pairs:
             checks.append(_check(f"cached attention {name} {label}", to_numpy(got), to_numpy(want)))
@@ -487,6 +501,93 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _timed(checks: list[dict], started: float) -> list[dict]:
+    """`checks`, each with the seconds the step that made it took (compiling included)."""
+    seconds = time.perf_counter() - started
+    return [{**check, "seconds": seconds} for check in checks]
+
+
+def attention_section(
+    plan: Plan, impls: dict, unavailable: dict, budget: Budget, ceilings, checks: list[dict]
+) -> dict:
+    """Check ours at every config (plain and cached), then time ours, XLA and the peers."""
+    problems, runners = {}, {}
+    for seed, (name, config) in enumerate(plan.attention.items()):
+        problem = attention_bench.make_problem(config, "causal", pad_history=True, seed=seed)
+        reference = attention_bench.Reference(problem)
+        problems[name] = (problem, reference)
+        started = time.perf_counter()
+        config_checks, runners[name] = check_attention(name, problem, reference, impls[OURS])
+        checks += _timed(config_checks, started)
+        started = time.perf_counter()
+        checks += _timed(check_cached_attention(name, problem), started)
+        for check in checks[-4:]:
+            print(
+                f"check {check['name']}: {check.get('rel_error')} {check['passed']} "
+                f"({check['seconds']:.1f} s)",
+                flush=True,
+            )
+    rows = []
+    for name, (problem, _) in problems.items():
+        row = _attention_row(name, OURS, impls[OURS], problem.config, problem.history)
+        for backward, key in ((False, "fwd"), (True, "fwd_bwd")):
+            if backward not in runners[name]:
+                row[key] = {"status": "check failed", "detail": "see checks"}
+                continue
+            runner, checked = runners[name][backward]
+            row[key] = attention_bench.time_pass(
+                runner, problem, backward, checked, iters=plan.iters, warmup=plan.warmup
+            )
+            _of_matmul(row[key], ceilings)
+        print(
+            f"{name} ours: fwd {attention_bench.cell(row['fwd'])}, "
+            f"fwd+bwd {attention_bench.cell(row['fwd_bwd'])}",
+            flush=True,
+        )
+        rows.append(row)
+    runners.clear()
+    names = (ATTENTION_BASELINE, *ATTENTION_PEERS)
+    rows += attention_peer_rows(plan, problems, impls, names, unavailable, budget, ceilings)
+    return {"rows": rows, "summary": attention_summary(rows)}
+
+
+def topk_section(
+    plan: Plan, unavailable: dict, budget: Budget, ceilings, checks: list[dict]
+) -> list[dict]:
+    """Check ours at every row, then time ours, `"auto"`, XLA and torch."""
+    inputs = TopkInputs()
+    started = time.perf_counter()
+    topk_checks, references = check_topk(plan.topk_rows, inputs)
+    checks += _timed(topk_checks, started)
+    names = (*TOPK_OURS, *TOPK_PEERS)
+    return topk_rows(plan, inputs, names, unavailable, budget, ceilings, references)
+
+
+def e2e_section(plan: Plan, budget: Budget, ceilings, checks: list[dict]) -> dict:
+    """The whole model, each path checked against an independent one before it is timed."""
+    reason = budget.exhausted()
+    if reason:
+        return {"skipped": reason}
+    try:
+        e2e = e2e_bench.run(
+            plan.e2e,
+            iters=plan.iters,
+            warmup=plan.warmup,
+            candidate_chunk=plan.e2e.candidates,
+            seed=0,
+            ceilings=ceilings,
+            max_seconds=plan.max_seconds,
+        )
+    except Exception as failure:  # noqa: BLE001 - keep the rest of the session
+        e2e = _error(failure)
+    for row in e2e.get("rows", []):
+        check = {"name": f"end to end {row['job']}", "passed": bool(row["agree"])}
+        checks.append({**check, **{k: v for k, v in row.items() if "diff" in k or "overlap" in k}})
+    if "rows" not in e2e:
+        checks.append({"name": "end to end", "passed": False, **e2e})
+    return e2e
+
+
 def run_session(plan: Plan, json_path: Path, command: str) -> dict:
     budget = Budget(plan.budget_s)
     payload: dict = {
@@ -498,6 +599,7 @@ def run_session(plan: Plan, json_path: Path, command: str) -> dict:
         "kernels_interpreted": plan.interpret,
         "versions": _versions(),
         "plan": {
+            "sections": list(plan.sections),
             "attention_configs": list(plan.attention),
             "topk_rows": [list(row) for row in plan.topk_rows],
             "e2e_shapes": dataclasses.asdict(plan.e2e),
@@ -531,101 +633,33 @@ def run_session(plan: Plan, json_path: Path, command: str) -> dict:
 
     ceilings, payload["ceilings"] = measure_ceilings(plan)
     save("ceilings")
-
-    # Checks of ours, at every benchmark shape, before any timing.
-    checks = []
-    problems, attention_runners = {}, {}
-    for seed, (name, config) in enumerate(plan.attention.items()):
-        problem = attention_bench.make_problem(config, "causal", pad_history=True, seed=seed)
-        reference = attention_bench.Reference(problem)
-        problems[name] = (problem, reference)
-        config_checks, attention_runners[name] = check_attention(
-            name, problem, reference, impls[OURS]
-        )
-        checks += config_checks
-        checks += check_cached_attention(name, problem)
-        print(
-            *(f"check {c['name']}: {c.get('rel_error')} {c['passed']}" for c in checks[-4:]),
-            sep="\n",
-            flush=True,
-        )
-    topk_inputs = TopkInputs()
-    topk_checks, topk_references = check_topk(plan.topk_rows, topk_inputs)
-    checks += topk_checks
-    payload["checks"] = checks
-    payload["checks_passed"] = all(check["passed"] for check in checks)
-    save("checks")
-
-    # Attention: ours (runners from the checks) and XLA.
-    rows = []
-    for name, (problem, _) in problems.items():
-        row = _attention_row(name, OURS, impls[OURS], problem.config, problem.history)
-        for backward, key in ((False, "fwd"), (True, "fwd_bwd")):
-            if backward not in attention_runners[name]:
-                row[key] = {"status": "check failed", "detail": "see checks"}
-                continue
-            runner, checked = attention_runners[name][backward]
-            row[key] = attention_bench.time_pass(
-                runner, problem, backward, checked, iters=plan.iters, warmup=plan.warmup
-            )
-            _of_matmul(row[key], ceilings)
-        print(
-            f"{name} ours: fwd {attention_bench.cell(row['fwd'])}, "
-            f"fwd+bwd {attention_bench.cell(row['fwd_bwd'])}",
-            flush=True,
-        )
-        rows.append(row)
-    attention_runners.clear()
-    rows += attention_peer_rows(plan, problems, impls, (ATTENTION_BASELINE,), {}, budget, ceilings)
-    payload["attention"] = {"rows": rows}
-    save("attention ours + xla")
-
-    # Top-k: ours, auto and XLA.
-    topk = topk_rows(plan, topk_inputs, TOPK_OURS, {}, budget, ceilings, topk_references)
-    payload["topk"] = {"rows": topk}
-    save("top-k ours + xla")
-    del topk_inputs
-
-    # End to end.
-    reason = budget.exhausted()
-    if reason:
-        payload["e2e"] = {"skipped": reason}
-    else:
-        try:
-            payload["e2e"] = e2e_bench.run(
-                plan.e2e,
-                iters=plan.iters,
-                warmup=plan.warmup,
-                candidate_chunk=plan.e2e.candidates,
-                seed=0,
-                ceilings=ceilings,
-                max_seconds=plan.max_seconds,
-            )
-        except Exception as failure:  # noqa: BLE001 - keep the rest of the session
-            payload["e2e"] = _error(failure)
-    for row in payload["e2e"].get("rows", []):
-        check = {"name": f"end to end {row['job']}", "passed": bool(row["agree"])}
-        checks.append({**check, **{k: v for k, v in row.items() if "diff" in k or "overlap" in k}})
-    if "rows" not in payload["e2e"] and "skipped" not in payload["e2e"]:
-        checks.append({"name": "end to end", "passed": False, **payload["e2e"]})
-    payload["checks_passed"] = all(check["passed"] for check in checks)
-    save("end to end")
-
-    # Peers, last: what the budget leaves.
-    rows += attention_peer_rows(
-        plan, problems, impls, ATTENTION_PEERS, unavailable, budget, ceilings
-    )
-    payload["attention"] = {"rows": rows, "summary": attention_summary(rows)}
-    save("attention peers")
-    del problems
-    topk_peers = topk_rows(plan, TopkInputs(), TOPK_PEERS, unavailable, budget, ceilings, {})
-    for row, peer_row in zip(payload["topk"]["rows"], topk_peers, strict=True):
-        row["impls"].update(peer_row["impls"])
-    save("top-k peers")
+    checks = payload["checks"] = []
+    # Each section checks its own shapes, then times ours, the baselines and the peers, so that
+    # a section the budget reaches is complete, peers included.
+    if "attention" in plan.sections:
+        payload["attention"] = attention_section(plan, impls, unavailable, budget, ceilings, checks)
+        payload["checks_passed"] = all(check["passed"] for check in checks)
+        save("attention")
+    if "topk" in plan.sections:
+        payload["topk"] = {"rows": topk_section(plan, unavailable, budget, ceilings, checks)}
+        payload["checks_passed"] = all(check["passed"] for check in checks)
+        save("top-k")
+    if "e2e" in plan.sections:
+        payload["e2e"] = e2e_section(plan, budget, ceilings, checks)
+        payload["checks_passed"] = all(check["passed"] for check in checks)
+        save("end to end")
     return payload
 
 
 # 6. Tables -------------------------------------------------------------------------------------
+
+
+def _attention_cell(result: dict | None) -> str:
+    if not result:
+        return "-"
+    if result.get("status") != "ok":
+        return result["status"]
+    return f"{result['ms']:.3g} ({result['tflops']:.3g}, {result.get('of_matmul', 0):.3f})"
 
 
 def format_tables(payload: dict) -> str:
@@ -644,46 +678,41 @@ def format_tables(payload: dict) -> str:
         )
     )
 
-    lines += ["", "attention: ms (useful TFLOP/s, fraction of the matmul rate)"]
-    header = f"{'config':<12}{'impl':<16}{'fwd':>28}{'fwd+bwd':>28}"
-    lines += [header, "-" * len(header)]
+    if "attention" in payload:
+        lines += ["", "attention: ms (useful TFLOP/s, fraction of the matmul rate)"]
+        header = f"{'config':<12}{'impl':<16}{'fwd':>28}{'fwd+bwd':>28}"
+        lines += [header, "-" * len(header)]
 
-    def cell(result):
-        if not result:
-            return "-"
-        if result.get("status") != "ok":
-            return result["status"]
-        return f"{result['ms']:.3g} ({result['tflops']:.3g}, {result.get('of_matmul', 0):.3f})"
+        for row in payload["attention"]["rows"]:
+            fwd, fwd_bwd = _attention_cell(row["fwd"]), _attention_cell(row["fwd_bwd"])
+            lines.append(f"{row['config']:<12}{row['impl']:<16}{fwd:>28}{fwd_bwd:>28}")
+        for item in payload["attention"].get("summary", []):
+            if item["speedup_vs_best_peer"] is not None:
+                lines.append(
+                    f"  {item['config']} {item['pass']}: ours {item['speedup_vs_best_peer']:.2f}x "
+                    f"the best peer ({item['best_peer']})"
+                )
+        notes = [
+            f"  {row['config']} {row['impl']} {key}: {row[key].get('detail', '')}"
+            for row in payload["attention"]["rows"]
+            for key in ("fwd", "fwd_bwd")
+            if row[key] and row[key].get("status") not in ("ok", "skipped")
+        ]
+        if notes:
+            lines += ["not timed:", *notes]
 
-    for row in payload["attention"]["rows"]:
-        lines.append(
-            f"{row['config']:<12}{row['impl']:<16}{cell(row['fwd']):>28}{cell(row['fwd_bwd']):>28}"
-        )
-    for item in payload["attention"].get("summary", []):
-        if item["speedup_vs_best_peer"] is not None:
-            lines.append(
-                f"  {item['config']} {item['pass']}: ours {item['speedup_vs_best_peer']:.2f}x "
-                f"the best peer ({item['best_peer']})"
-            )
-    notes = [
-        f"  {row['config']} {row['impl']} {key}: {row[key].get('detail', '')}"
-        for row in payload["attention"]["rows"]
-        for key in ("fwd", "fwd_bwd")
-        if row[key] and row[key].get("status") not in ("ok", "skipped")
-    ]
-    if notes:
-        lines += ["not timed:", *notes]
+    if "topk" in payload:
+        names = list(dict.fromkeys(n for row in payload["topk"]["rows"] for n in row["impls"]))
+        lines += ["", "top-k: ms (multiple of the floor); floor from the measured ceilings"]
+        lines.append(topk_bench.format_table(payload["topk"]["rows"], names))
 
-    names = list(dict.fromkeys(n for row in payload["topk"]["rows"] for n in row["impls"]))
-    lines += ["", "top-k: ms (multiple of the floor); floor from the measured ceilings"]
-    lines.append(topk_bench.format_table(payload["topk"]["rows"], names))
-
-    e2e = payload["e2e"]
-    lines.append("")
-    if "rows" in e2e:
-        lines.append(e2e_bench.format_table(e2e))
-    else:
-        lines.append(f"end to end: {e2e.get('skipped') or e2e.get('detail')}")
+    if "e2e" in payload:
+        e2e = payload["e2e"]
+        lines.append("")
+        if "rows" in e2e:
+            lines.append(e2e_bench.format_table(e2e))
+        else:
+            lines.append(f"end to end: {e2e.get('skipped') or e2e.get('detail')}")
     if payload["skipped_peers"]:
         lines.append("")
         lines += [f"skipped {name}: {reason}" for name, reason in payload["skipped_peers"].items()]
@@ -720,12 +749,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budget-s", type=float, default=None, help="seconds for timed items")
     parser.add_argument("--iters", type=int, default=None, help="calls timed back to back")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated, in this order: {','.join(SECTIONS)} (default: all)",
+    )
     parser.add_argument("--json", type=Path, default=Path("bench_results/gpu_session.json"))
     args = parser.parse_args(argv)
     # JAX would otherwise take 75% of the card up front and leave the torch peers too little.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     mode_name = "dry-run" if args.dry_run else "quick" if args.quick else "full"
-    plan = make_plan(mode_name, args.budget_s, args.iters)
+    try:
+        plan = make_plan(mode_name, args.budget_s, args.iters, tuple(args.sections.split(",")))
+    except ValueError as error:
+        parser.error(str(error))
     if plan.interpret:
         _throwaway_compilation_cache()
     if not plan.interpret and not is_hopper_gpu():

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks.gpu_session import ATTENTION_PEERS, TOPK_OURS
+from benchmarks.gpu_session import ATTENTION_PEERS, SECTIONS, TOPK_OURS, make_plan
 from benchmarks.timing import device_time
 
 # `benchmarks` is not installed: `python -m benchmarks...` runs from the repository root.
@@ -48,6 +48,14 @@ def test_device_time_times_fewer_calls_of_a_slow_step():
     assert timing.span_ms >= 50
 
 
+def test_plan_runs_the_chosen_sections_in_their_order():
+    assert make_plan("full", None, None).sections == SECTIONS
+    assert make_plan("quick", 60.0, None, ("topk", "attention")).sections == ("attention", "topk")
+    for wrong in (("top-k",), ()):
+        with pytest.raises(ValueError, match="sections: expected some of"):
+            make_plan("full", None, None, wrong)
+
+
 def test_dry_run_checks_times_and_writes_one_json(tmp_path):
     # The command itself, in a fresh process (as CI and the device machine run it).
     path = tmp_path / "session.json"
@@ -62,15 +70,8 @@ def test_dry_run_checks_times_and_writes_one_json(tmp_path):
 
     assert session["mode"] == "dry-run" and session["kernels_interpreted"] is True
     assert session["jax_version"] and session["device"] and session["date"]
-    assert session["sections_done"] == [
-        "ceilings",
-        "checks",
-        "attention ours + xla",
-        "top-k ours + xla",
-        "end to end",
-        "attention peers",
-        "top-k peers",
-    ]
+    assert session["sections_done"] == ["ceilings", "attention", "top-k", "end to end"]
+    assert session["plan"]["sections"] == ["attention", "topk", "e2e"]
     ceilings = session["ceilings"]
     assert ceilings["copy_bytes_per_s"] > 0 and ceilings["matmul_flop_per_s"] > 0
 
@@ -89,6 +90,8 @@ def test_dry_run_checks_times_and_writes_one_json(tmp_path):
         assert expected in names, names
     for check in session["checks"]:
         assert check["passed"] is True, check
+        if not check["name"].startswith("end to end"):
+            assert check["seconds"] > 0, check
     assert session["checks_passed"] is True
     for check in session["checks"]:
         if "rel_error" in check:
