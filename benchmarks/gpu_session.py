@@ -323,6 +323,14 @@ def _attention_row(config_name, impl_name, implementation, config, history) -> d
     }
 
 
+def _print_row(row: dict) -> None:
+    print(
+        f"{row['config']} {row['impl']}: fwd {attention_bench.cell(row['fwd'])}, "
+        f"fwd+bwd {attention_bench.cell(row['fwd_bwd'])}",
+        flush=True,
+    )
+
+
 def _skipped(reason: str) -> dict:
     return {"status": "skipped", "detail": reason}
 
@@ -365,11 +373,7 @@ def attention_peer_rows(
                     warmup=plan.warmup,
                 )
                 _of_matmul(row[key], ceilings)
-            print(
-                f"{config_name} {impl_name}: fwd {attention_bench.cell(row['fwd'])}, "
-                f"fwd+bwd {attention_bench.cell(row['fwd_bwd'])}",
-                flush=True,
-            )
+            _print_row(row)
             rows.append(row)
             if implementation.module == "torch" and not reason:
                 import torch
@@ -539,11 +543,7 @@ def attention_section(
                 runner, problem, backward, checked, iters=plan.iters, warmup=plan.warmup
             )
             _of_matmul(row[key], ceilings)
-        print(
-            f"{name} ours: fwd {attention_bench.cell(row['fwd'])}, "
-            f"fwd+bwd {attention_bench.cell(row['fwd_bwd'])}",
-            flush=True,
-        )
+        _print_row(row)
         rows.append(row)
     runners.clear()
     names = (ATTENTION_BASELINE, *ATTENTION_PEERS)
