@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from .initialisers import normal_init, truncated_normal_init
 from .inputs import RecsysBatch, RecsysEmbeddings, ids_in_range
-from .transformer import truncated_normal_init
 
 # The entity kinds with a table each; `HashEmbeddingTables.<kind>_table` is the kind's table.
 TableKind = Literal["user", "post", "author"]
@@ -61,9 +61,9 @@ class HashEmbeddingTables(eqx.Module):
             if rows < 2:
                 raise ValueError(f"{name}: expected >= 2 (row 0 is padding), got {rows}")
         user_key, post_key, author_key = jax.random.split(key, 3)
-        self.user_table = init_std * jax.random.normal(user_key, (num_user_rows, emb_size))
-        self.post_table = init_std * jax.random.normal(post_key, (num_post_rows, emb_size))
-        self.author_table = init_std * jax.random.normal(author_key, (num_author_rows, emb_size))
+        self.user_table = normal_init(user_key, (num_user_rows, emb_size), init_std)
+        self.post_table = normal_init(post_key, (num_post_rows, emb_size), init_std)
+        self.author_table = normal_init(author_key, (num_author_rows, emb_size), init_std)
 
     def lookup(
         self, kind: TableKind, ids: Int[Array, "*shape"], name: str
@@ -142,9 +142,7 @@ class InputEmbedding(eqx.Module):
         )
         d = config.emb_size
         self.action_projection = truncated_normal_init(keys[0], (num_actions, d), num_actions)
-        self.product_surface_table = jax.random.normal(
-            keys[1], (config.product_surface_vocab_size, d)
-        )
+        self.product_surface_table = normal_init(keys[1], (config.product_surface_vocab_size, d))
         self.user_projection = truncated_normal_init(keys[2], (hu * d, d), hu * d)
         history_features = (hi + ha + 2) * d
         self.history_projection = truncated_normal_init(

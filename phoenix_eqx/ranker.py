@@ -9,6 +9,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .config import PhoenixModelConfig
 from .embedding import InputEmbedding
+from .initialisers import truncated_normal_init
 from .inputs import RankingOutput, RecsysBatch, RecsysEmbeddings, check_inputs
 from .kernels.dispatch import static_int
 from .transformer import (
@@ -18,7 +19,6 @@ from .transformer import (
     candidate_positions,
     prefix_positions,
     token_positions,
-    truncated_normal_init,
 )
 
 

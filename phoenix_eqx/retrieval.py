@@ -10,10 +10,11 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .config import PhoenixRetrievalModelConfig
 from .embedding import InputEmbedding
+from .initialisers import truncated_normal_init
 from .inputs import RecsysBatch, RecsysEmbeddings, RetrievalOutput, check_inputs
 from .kernels import corpus_top_k
 from .kernels.dispatch import Implementation
-from .transformer import Transformer, prefix_positions, truncated_normal_init
+from .transformer import Transformer, prefix_positions
 
 NORM_EPS = 1e-12
 UNIT_NORM_TOLERANCE = 1e-2

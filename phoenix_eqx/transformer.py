@@ -12,27 +12,17 @@ layer's keys and values (`encode_prefix` -> `PrefixCache`), then any number of c
 against that cache (`score_candidates`). Both split paths are the same layers' maths.
 """
 
-import math
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .config import TransformerConfig
+from .initialisers import truncated_normal_init
 from .kernels import cached_candidate_attention, candidate_attention
 
 ROTARY_BASE = 10_000.0
 RMS_NORM_EPS = 1e-5
-
-
-def truncated_normal_init(
-    key: PRNGKeyArray, shape: tuple[int, ...], fan_in: int, scale: float = 1.0
-) -> Float[Array, "..."]:
-    """Variance-scaling init: truncated normal with variance `scale / fan_in` (float32)."""
-    # 0.8796 is the std of a standard normal truncated to [-2, 2].
-    std = math.sqrt(scale / fan_in) / 0.87962566
-    return std * jax.random.truncated_normal(key, -2.0, 2.0, shape, jnp.float32)
 
 
 class Linear(eqx.Module):
