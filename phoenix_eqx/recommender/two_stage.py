@@ -63,6 +63,7 @@ def two_stage(
     num_retrieved: int,
     residual: bool,
     prior: CooccurrencePrior | None = None,
+    searched: tuple[Int[Array, "batch searched"], Float[Array, "batch searched"]] | None = None,
 ) -> tuple[Int[Array, "batch retrieved"], Float[Array, "batch retrieved"]]:
     """Retrieve `num_retrieved` rows, then order them by the ranker: with `residual`, by
     `residual_scores` of retrieval's logit (the dot product over the retriever's temperature,
@@ -76,10 +77,15 @@ def two_stage(
 
     A residual ranker whose head is zero serves retrieval's order exactly: dividing by the
     temperature never reverses two scores (it may tie them), and `lax.top_k` breaks ties
-    to the lower slot, which retrieval's already sorted list makes the better-retrieved one."""
+    to the lower slot, which retrieval's already sorted list makes the better-retrieved one.
+
+    `searched`: retrieval's search of these users already made by the same retriever (its
+    rows and dot products, `num_retrieved` deep), used instead of searching again."""
     empty = jnp.zeros((histories.shape[0], 0), jnp.int32)
     user_vectors = retriever.user_vectors(recsys_batch(users, histories, empty, item_hashes))
-    retrieved, retrieval_scores = top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
+    if searched is None:
+        searched = top_unseen(user_vectors, item_vectors, exclude, num_retrieved)
+    retrieved, retrieval_scores = searched
     if ranker is None and prior is None:
         return retrieved, retrieval_scores
     if ranker is None:
@@ -155,11 +161,15 @@ def rank_in_chunks(
     options: FitOptions,
     k: int,
     prior: CooccurrencePrior | None = None,
+    searched: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`two_stage`'s top `k` over users in fixed-size chunks, as numpy arrays, serving as
     `options` say (`num_retrieved`, `action_weights`, `residual_ranker`, and whether the
     ranker reads `history_actions`, the histories' action masks: `ranker_history_actions`),
-    with `prior`'s scores (and, without a ranker, its suggestions) if given."""
+    with `prior`'s scores (and, without a ranker, its suggestions) if given. `searched`:
+    these users' retrieval search by the same retriever (`[users, depth]` rows and dot
+    products, as this function returns without ranker and prior), reused instead of searching
+    again where it is at least as deep as this call's."""
     num_users = histories.shape[0]
     # Without a ranker or prior retrieval's order is final, and the exact search's top `k` is
     # its top `num_retrieved`'s first `k` (same ties to the lower row) for a fraction of the
@@ -171,6 +181,8 @@ def rank_in_chunks(
     else:
         depth = max(options.num_retrieved, k)
     num_retrieved = min(depth, item_vectors.shape[0] - 1)
+    if searched is not None and searched[0].shape[1] < num_retrieved:
+        searched = None  # too shallow for this depth: search again
     chunk = chunk_size(num_users, item_vectors.shape[0], num_retrieved)
     weights = jnp.asarray(options.weight_vector())
     if options.ranker_history_actions == "engaged":
@@ -192,6 +204,9 @@ def rank_in_chunks(
             num_retrieved,
             options.residual_ranker,
             prior,
+            None
+            if searched is None
+            else tuple(jnp.asarray(part[padded, :num_retrieved]) for part in searched),
         )
         indices.append(np.asarray(found)[: rows.size, :k])
         scores.append(np.asarray(found_scores)[: rows.size, :k])

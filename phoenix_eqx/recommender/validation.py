@@ -3,6 +3,7 @@ stages as `recommend` serves them. They alone pick each stage's best epoch and w
 ranker is served."""
 
 import dataclasses
+import weakref
 
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,10 @@ class Validation:
     excluded: np.ndarray
     targets: np.ndarray
     item_hashes: Int[Array, "rows item_hashes"]
+    # Retrieval's searches of these users, by retriever (`id`, with a weak reference that
+    # says it is still that retriever): choosing the prior's weight for the epoch retrieval
+    # kept reuses the search its validation made.
+    _searches: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def metrics(
         self,
@@ -99,8 +104,10 @@ class Validation:
         prior: CooccurrencePrior | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """`[users, k]`: each held-out user's top `k` item rows as `recommend` serves them, and
-        their served scores."""
-        return rank_in_chunks(
+        their served scores. Retrieval alone is kept (`_searches`) for `prior_weight_metrics`,
+        which serves retrieval with the prior's suggestions beside the same search."""
+        searched = self._search_of(retriever) if ranker is None and prior is not None else None
+        found = rank_in_chunks(
             retriever,
             ranker,
             item_vectors(retriever, self.item_hashes),
@@ -112,7 +119,23 @@ class Validation:
             options,
             k,
             prior,
+            searched,
         )
+        if ranker is None and prior is None:
+            self._keep_search(retriever, found)
+        return found
+
+    def _search_of(self, retriever: TrainableRetriever) -> tuple[np.ndarray, np.ndarray] | None:
+        kept = self._searches.get(id(retriever))
+        return kept[1] if kept is not None and kept[0]() is retriever else None
+
+    def _keep_search(
+        self, retriever: TrainableRetriever, found: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        """Keep `found` for `retriever`, dropping the searches of retrievers gone since."""
+        for key in [key for key, (ref, _) in self._searches.items() if ref() is None]:
+            del self._searches[key]
+        self._searches[id(retriever)] = (weakref.ref(retriever), found)
 
     def prior_weight_metrics(
         self,

@@ -246,3 +246,39 @@ def test_retrieval_served_with_the_prior_is_exact():
     assert not np.array_equal(served, alone)
     seen = [set(logs[user] - 1) for user in user_ids]
     assert not any(set(served[u]) & seen[u] for u in range(len(user_ids)))
+
+
+def test_choosing_the_weight_reuses_retrievals_search_with_the_same_result(monkeypatch):
+    from phoenix_eqx.recommender import two_stage as two_stage_module
+    from phoenix_eqx.recommender.index import index_log
+    from phoenix_eqx.recommender.validation import hold_out_last
+
+    options = dataclasses.replace(
+        TINY_FIT_OPTIONS, num_retrieved=10, cooccurrence_weights=(0.0, 1.0, 4.0)
+    )
+    rng = np.random.default_rng(5)
+    users = np.repeat(np.arange(60), 12)
+    items = rng.integers(0, 300, users.size)
+    log = index_log(users, items, np.arange(users.size, dtype=float), None)
+    features = feature_hashes(log.item_ids, log.user_ids)
+    retriever, _ = build_models(options, features, key=jax.random.key(5))
+
+    def made():
+        train, _, validation = hold_out_last(log, features, options)
+        return validation, CooccurrencePrior.of(train, len(log.item_ids))
+
+    searched_again, prior = made()
+    expected = searched_again.prior_weight_metrics(retriever, None, prior, options)
+    validation, prior = made()
+    validation.metrics(retriever, None, options)  # retrieval's validation: keeps its search
+
+    given_search = []
+    serve = two_stage_module.two_stage
+
+    def recording(*args):
+        given_search.append(args[12] is not None)  # `searched`
+        return serve(*args)
+
+    monkeypatch.setattr(two_stage_module, "two_stage", recording)
+    assert validation.prior_weight_metrics(retriever, None, prior, options) == expected
+    assert given_search and all(given_search)
