@@ -35,7 +35,7 @@ class Validation:
     # Retrieval's searches of these users, by retriever (`id`, with a weak reference that
     # says it is still that retriever): choosing the prior's weight for the epoch retrieval
     # kept reuses the search its validation made.
-    _searches: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _searches: dict = dataclasses.field(default_factory=dict, init=False, repr=False, compare=False)
 
     def metrics(
         self,
