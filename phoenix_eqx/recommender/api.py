@@ -181,17 +181,23 @@ class Recommender:
         use_ranker = options.ranker_epochs > 0
         with_prior = prior_applies(options, len(log.item_ids))
         if with_prior and not use_ranker:
-            # Served with retrieval, in what retrieval's share left: the table, one validation
-            # pass compiled anew (about retrieval's own startup), and, to serve, the table
-            # again from the whole log (about as long as the first).
+            # Served with retrieval, in what retrieval's share left: the table, the weight's
+            # choice and, to serve, the table again from the whole log (about as long as the
+            # first). The choice is a validation pass compiled anew (about retrieval's
+            # startup), or, beside the search retrieval's validation kept, less than
+            # retrieval's first validation (which compiled and searched).
             chosen = False
-            if start + budget - time.perf_counter() >= run.startup_s[0]:
+            if validation.prior_choice_reuses_search(retriever, options):
+                choice_s = run.first_validation_s[0]
+            else:
+                choice_s = run.startup_s[0]
+            if start + budget - time.perf_counter() >= choice_s:
                 building = time.perf_counter()
                 table = CooccurrencePrior.of(
                     train, len(log.item_ids), window=options.cooccurrence_window
                 )
                 build_s = time.perf_counter() - building
-                if start + budget - time.perf_counter() >= run.startup_s[0] + build_s:
+                if start + budget - time.perf_counter() >= choice_s + build_s:
                     prior, served = choose_prior(
                         retriever, None, table, validation, options, console
                     )

@@ -72,7 +72,7 @@ class Validation:
         k: int = 10,
     ) -> dict[str, float]:
         """`ranker_gain` of per-user results already computed (`per_user` of both stages)."""
-        retrieved = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+        retrieved = self._depth(options, k)
         found, _ = self.ranked(retriever, None, options, retrieved)
         alone = ranked_list_per_user(found[:, :k], self.targets, k)
         recall = ranked_list_per_user(found, self.targets, retrieved)[f"hr@{retrieved}"]
@@ -125,6 +125,19 @@ class Validation:
             self._keep_search(retriever, found)
         return found
 
+    def prior_choice_reuses_search(
+        self, retriever: TrainableRetriever, options: FitOptions, k: int = 10
+    ) -> bool:
+        """Whether `prior_weight_metrics` of `retriever` alone serves beside the search its
+        last validation kept, searching nothing itself: then it costs a fraction of a
+        validation pass (`Recommender.fit` budgets for it so)."""
+        kept = self._search_of(retriever)
+        return kept is not None and kept[0].shape[1] >= self._depth(options, k)
+
+    def _depth(self, options: FitOptions, k: int) -> int:
+        """How deep retrieval searches to serve the top `k`: `num_retrieved`, at least `k`."""
+        return min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+
     def _search_of(self, retriever: TrainableRetriever) -> tuple[np.ndarray, np.ndarray] | None:
         kept = self._searches.get(id(retriever))
         return kept[1] if kept is not None and kept[0]() is retriever else None
@@ -150,7 +163,7 @@ class Validation:
         re-orders the served candidates (with weight 0 they come out in the order without
         it), so each weight re-sorts them (a stable sort, where serving's `top_k` may order
         exact ties otherwise)."""
-        depth = min(max(options.num_retrieved, k), self.item_hashes.shape[0] - 1)
+        depth = self._depth(options, k)
         if ranker is None:
             depth += prior.num_suggested
         rows, scores = self.ranked(retriever, ranker, options, depth, prior.with_weight(0.0))

@@ -79,8 +79,9 @@ class Run:
     """What every stage of one training run shares: the console its epoch lines go to, whether
     progress bars show, when the run started, the validation history (appended to), the mesh
     it trains over (None: one device), and each stage's startup seconds (appended to): from
-    its start to its first step's loss, plus its first validation. Both compile, so no
-    deadline cuts them: a later stage's may be judged by an earlier one's."""
+    its start to its first step's loss, plus its first validation (also kept alone,
+    `first_validation_s`). Both compile, so no deadline cuts them: a later stage's may be
+    judged by an earlier one's."""
 
     console: Console
     verbose: bool
@@ -88,6 +89,7 @@ class Run:
     history: list[ValidationRecord]
     mesh: Mesh | None
     startup_s: list[float] = dataclasses.field(default_factory=list)
+    first_validation_s: list[float] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +189,7 @@ def run_stage(
             validation_s = time.perf_counter() - validation_started
             if not best_epoch:
                 run.startup_s.append(first_step_s + validation_s)
+                run.first_validation_s.append(validation_s)
             seconds = time.perf_counter() - run.started
             run.history.append((seconds, stage.name, epoch, metrics["hr@10"]))
             run.console.print(

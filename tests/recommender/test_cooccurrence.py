@@ -270,7 +270,11 @@ def test_choosing_the_weight_reuses_retrievals_search_with_the_same_result(monke
     searched_again, prior = made()
     expected = searched_again.prior_weight_metrics(retriever, None, prior, options)
     validation, prior = made()
+    assert not validation.prior_choice_reuses_search(retriever, options)
     validation.metrics(retriever, None, options)  # retrieval's validation: keeps its search
+    assert validation.prior_choice_reuses_search(retriever, options)
+    deeper = dataclasses.replace(options, num_retrieved=11)
+    assert not validation.prior_choice_reuses_search(retriever, deeper)
 
     given_search = []
     serve = two_stage_module.two_stage
