@@ -33,6 +33,8 @@ LOGGED = px.FitOptions(
     ranker_positions_per_user=4,
     ranker_history_actions="logged",
     num_retrieved=16,
+    # Without the co-occurrence prior: what the ranker reads is what these tests measure.
+    cooccurrence_weights=(0.0,),
     verbose=False,
 )
 
