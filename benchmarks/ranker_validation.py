@@ -81,7 +81,9 @@ def main() -> None:
     start = time.perf_counter()
     budget = np.inf if args.budget is None else args.budget
     # No earlier stage: nothing to judge the ranker's startup by, so it always trains.
-    run = Run(Console(), options.verbose, start, [], None, startup_s=[0.0])
+    run = Run(
+        Console(), options.verbose, start, [], None, first_step_s=[0.0], first_validation_s=[0.0]
+    )
     trained = train_ranker(
         ranker,
         saved.retriever,

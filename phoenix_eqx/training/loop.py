@@ -78,18 +78,25 @@ class Schedule:
 class Run:
     """What every stage of one training run shares: the console its epoch lines go to, whether
     progress bars show, when the run started, the validation history (appended to), the mesh
-    it trains over (None: one device), and each stage's startup seconds (appended to): from
-    its start to its first step's loss, plus its first validation (also kept alone,
-    `first_validation_s`). Both compile, so no deadline cuts them: a later stage's may be
-    judged by an earlier one's."""
+    it trains over (None: one device), and each stage's seconds from its start to its first
+    step's loss and of its first validation (appended to). Both compile, so no deadline cuts
+    them: a later stage's may be judged by an earlier one's."""
 
     console: Console
     verbose: bool
     started: float
     history: list[ValidationRecord]
     mesh: Mesh | None
-    startup_s: list[float] = dataclasses.field(default_factory=list)
+    first_step_s: list[float] = dataclasses.field(default_factory=list)
     first_validation_s: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def startup_s(self) -> list[float]:
+        """Each stage's startup: its first step and its first validation."""
+        return [
+            step + validation
+            for step, validation in zip(self.first_step_s, self.first_validation_s, strict=True)
+        ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,7 +195,7 @@ def run_stage(
             metrics = stage.evaluate(replica)
             validation_s = time.perf_counter() - validation_started
             if not best_epoch:
-                run.startup_s.append(first_step_s + validation_s)
+                run.first_step_s.append(first_step_s)
                 run.first_validation_s.append(validation_s)
             seconds = time.perf_counter() - run.started
             run.history.append((seconds, stage.name, epoch, metrics["hr@10"]))
